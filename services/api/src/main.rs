@@ -1,0 +1,16 @@
+use clap::Parser;
+use iot_api::{Config, run};
+use iot_runtime::{CancellationToken, logging, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    logging::init("iot-api", config.log_format);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    run(config, shutdown).await
+}
