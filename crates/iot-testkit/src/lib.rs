@@ -1,0 +1,183 @@
+//! Helpers for integration tests. They start or reach *real* MariaDB, Redis and Mosquitto;
+//! `scripts/test.sh` makes sure those exist and exports where they are:
+//! `TEST_MYSQL_URL` (server URL without a database), `TEST_REDIS_URL`, `MOSQUITTO_BIN`.
+
+#![allow(clippy::unwrap_used)] // test support: a failed set-up should fail the test loudly
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+
+/// MariaDB server URL without a database, e.g. `mysql://root@127.0.0.1:3306`.
+pub fn mysql_server_url() -> String {
+    std::env::var("TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// A random lowercase suffix for names (databases, key prefixes, client ids).
+pub fn unique_suffix() -> String {
+    let mut rng = rand::rng();
+    (0..12).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect()
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A database of its own for one test, dropped when the value is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    /// Full URL including the database name.
+    pub url: String,
+    server_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let server_url = mysql_server_url();
+        let name = format!("iot_test_{}", unique_suffix());
+        let pool = mysql_async::Pool::new(server_url.as_str());
+        let mut conn = pool.get_conn().await.unwrap_or_else(|e| {
+            panic!("MariaDB is not reachable at {server_url} ({e}); run the tests through scripts/test.sh")
+        });
+        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            .await
+            .unwrap();
+        drop(conn);
+        pool.disconnect().await.unwrap();
+        let url = format!("{}/{}", server_url.trim_end_matches('/'), name);
+        Self { name, url, server_url }
+    }
+
+    /// A raw connection to this test's database, for assertions that look at rows directly.
+    pub async fn connect(&self) -> mysql_async::Conn {
+        mysql_async::Conn::from_url(self.url.as_str()).await.unwrap()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let server_url = self.server_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime; a short thread of its own works in both.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                if let Ok(mut conn) = mysql_async::Conn::from_url(server_url.as_str()).await {
+                    let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`")).await;
+                    let _ = conn.disconnect().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A private Mosquitto with a configuration of the test's choosing, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra_config: String,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` on a free port. `extra_config` is appended after the listener
+    /// lines (e.g. `allow_anonymous true`, persistence, limits).
+    pub async fn start(extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string() };
+        broker.spawn().await;
+        broker
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    async fn spawn(&mut self) {
+        let config = format!(
+            "listener {port} 127.0.0.1\npersistence_location {dir}/\n{extra}\n",
+            port = self.port,
+            dir = self.dir.path().display(),
+            extra = self.extra_config
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+        let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| "mosquitto".to_string());
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto; run the tests through scripts/test.sh");
+        self.child = Some(child);
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10)).await;
+    }
+
+    /// Stops the broker (SIGTERM, so that persistence is written) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same configuration and data directory.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`; panics after `timeout`.
+pub async fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {addr} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `condition` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
