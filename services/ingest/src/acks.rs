@@ -1,0 +1,93 @@
+//! Acknowledgements: in receive order, only on the connection that delivered the message.
+//!
+//! MQTT 3.1.1 and 5 (section 4.6) ask a client to send PUBACKs in the order the PUBLISH packets
+//! arrived. Mosquitto would accept any order, but batches commit out of order when several are
+//! in flight, so a message's ack waits here until every earlier message of its connection is done.
+//! Batches commit roughly in order, so that wait is short.
+//!
+//! A packet id only names a message on the connection that delivered it: after a reconnect the
+//! broker redelivers unacknowledged messages and may reuse an acknowledged id for a new message.
+//! An ack left over from the old connection could then acknowledge a message nobody has stored.
+//! Each connection is a *generation*; acks of an older generation are dropped (the broker
+//! redelivers those messages, storage deduplicates them).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use rumqttc::v5::{AsyncClient, mqttbytes::v5::Publish};
+
+use crate::metrics::Metrics;
+
+pub struct Acker {
+    client: AsyncClient,
+    metrics: Metrics,
+    state: Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    generation: u64,
+    next_seq: u64,
+    done: BTreeMap<u64, Publish>,
+    /// Messages of every generation received and not yet done (drain waits for 0).
+    held: u64,
+}
+
+impl Acker {
+    pub fn new(client: AsyncClient, metrics: Metrics) -> Self {
+        Self { client, metrics, state: Mutex::new(AckState::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AckState> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters more than stopping ingest would, so keep going with the inner value.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Called by the event loop for each PUBLISH, in arrival order.
+    pub fn received(&self) {
+        let mut state = self.lock();
+        state.held += 1;
+        self.metrics.inflight_messages.set(state.held as i64);
+    }
+
+    /// The connection ended: forget the pending acks and start a new generation. Must be
+    /// called by the event-loop task before `EventLoop::clean` so that no ack of the old
+    /// generation can be queued after the clean drained the request channel.
+    pub fn new_generation(&self) -> u64 {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.next_seq = 0;
+        state.done.clear();
+        state.generation
+    }
+
+    /// A message is committed or rejected: acknowledge it and every consecutive one after it.
+    pub fn done(&self, generation: u64, seq: u64, publish: Publish) {
+        let mut state = self.lock();
+        state.held = state.held.saturating_sub(1);
+        self.metrics.inflight_messages.set(state.held as i64);
+        if generation != state.generation {
+            return;
+        }
+        state.done.insert(seq, publish);
+        loop {
+            let next = state.next_seq;
+            let Some(publish) = state.done.remove(&next) else { break };
+            state.next_seq += 1;
+            // The request channel holds more than the receive maximum, so it is never full
+            // within one generation; a closed channel means the event loop is gone, and then
+            // the broker redelivers.
+            match self.client.try_ack(&publish) {
+                Ok(()) => self.metrics.messages_acked.inc(),
+                Err(e) => tracing::warn!(error = %e, pkid = publish.pkid, "cannot queue PUBACK"),
+            }
+        }
+    }
+
+    pub fn held(&self) -> u64 {
+        self.lock().held
+    }
+}

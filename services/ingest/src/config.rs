@@ -1,0 +1,123 @@
+use std::{net::SocketAddr, time::Duration};
+
+use iot_runtime::logging::LogFormat;
+
+/// Ingest configuration: every flag also reads an `INGEST_*` environment variable.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "iot-ingest", about = "IoT telemetry ingest: MQTT -> storage, acknowledged after commit")]
+pub struct Config {
+    /// Address of the ops endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "INGEST_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: SocketAddr,
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[arg(long, env = "INGEST_MQTT_HOST", default_value = "127.0.0.1")]
+    pub mqtt_host: String,
+    #[arg(long, env = "INGEST_MQTT_PORT", default_value_t = 1883)]
+    pub mqtt_port: u16,
+    #[arg(long, env = "INGEST_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    #[arg(long, env = "INGEST_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// MQTT client id. Must be stable across restarts of one replica (its persistent session
+    /// holds the messages in flight when it died) and unique among replicas. Defaults to the
+    /// host name, which in Kubernetes is the StatefulSet pod name (`iot-ingest-0`, ...).
+    #[arg(long, env = "INGEST_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Topic filter; the `$share/ingest/` group spreads messages over all replicas.
+    #[arg(long, env = "INGEST_SUBSCRIPTION", default_value = "$share/ingest/devices/+/telemetry")]
+    pub subscription: String,
+    /// How long the broker keeps this replica's session (subscription and unacknowledged
+    /// messages) while it is disconnected, in seconds.
+    #[arg(long, env = "INGEST_SESSION_EXPIRY_SECS", default_value_t = 86_400)]
+    pub session_expiry_secs: u32,
+    /// MQTT 5 Receive Maximum: how many unacknowledged messages the broker may have in flight
+    /// to this replica. This is the backpressure bound: when storage is slow, the broker stops
+    /// sending (and queues) instead of this process buffering without limit.
+    #[arg(long, env = "INGEST_RECEIVE_MAXIMUM", default_value_t = 5000)]
+    pub receive_maximum: u16,
+    #[arg(long, env = "INGEST_KEEP_ALIVE_SECS", default_value_t = 30)]
+    pub keep_alive_secs: u64,
+
+    /// gRPC address of the storage service.
+    #[arg(long, env = "INGEST_STORAGE_URL", default_value = "http://127.0.0.1:50051")]
+    pub storage_url: String,
+    /// Deadline of one WriteReadings call, in milliseconds; a timed-out batch is retried.
+    #[arg(long, env = "INGEST_STORAGE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub storage_timeout_ms: u64,
+    /// A batch is written once it holds this many readings...
+    #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: usize,
+    /// ...or this many milliseconds after its first message arrived.
+    #[arg(long = "batch-linger", env = "INGEST_BATCH_LINGER_MS", default_value_t = 20)]
+    pub batch_linger_ms: u64,
+    /// How many WriteReadings calls may run at once (pipelining).
+    #[arg(long, env = "INGEST_MAX_INFLIGHT_BATCHES", default_value_t = 4)]
+    pub max_inflight_batches: usize,
+    /// Larger payloads are rejected (`too_large`).
+    #[arg(long, env = "INGEST_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub max_payload_bytes: usize,
+    /// Most readings one message may carry (`too_many_metrics`).
+    #[arg(long, env = "INGEST_MAX_READINGS_PER_MESSAGE", default_value_t = 1000)]
+    pub max_readings_per_message: usize,
+    /// On SIGTERM: how long to wait for held messages to be committed and acknowledged.
+    #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("no client id: set INGEST_CLIENT_ID (the host name could not be read)")]
+    NoClientId,
+    #[error("INGEST_MQTT_PASSWORD is set without INGEST_MQTT_USERNAME")]
+    PasswordWithoutUsername,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("batch size", self.batch_size),
+            ("max in-flight batches", self.max_inflight_batches),
+            ("receive maximum", usize::from(self.receive_maximum)),
+            ("max payload bytes", self.max_payload_bytes),
+            ("max readings per message", self.max_readings_per_message),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
+            return Err(ConfigError::PasswordWithoutUsername);
+        }
+        self.resolved_client_id().map(|_| ())
+    }
+
+    pub fn resolved_client_id(&self) -> Result<String, ConfigError> {
+        if let Some(id) = self.client_id.as_ref().filter(|id| !id.is_empty()) {
+            return Ok(id.clone());
+        }
+        let from_env = std::env::var("HOSTNAME").ok();
+        let from_kernel = || std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+        from_env
+            .or_else(from_kernel)
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .ok_or(ConfigError::NoClientId)
+    }
+
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
+    }
+
+    pub fn limits(&self) -> iot_payload::Limits {
+        iot_payload::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_readings: self.max_readings_per_message,
+            ..iot_payload::Limits::default()
+        }
+    }
+}
