@@ -1,6 +1,6 @@
 use clap::Parser;
-use iot_storage::{Config, run};
 use iot_runtime::{CancellationToken, logging, shutdown_signal};
+use iot_storage::{Config, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
