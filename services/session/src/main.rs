@@ -1,6 +1,6 @@
 use clap::Parser;
-use iot_session::{Config, run};
 use iot_runtime::{CancellationToken, logging, shutdown_signal};
+use iot_session::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,5 +12,5 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal().await;
         on_signal.cancel();
     });
-    run(config, shutdown).await
+    Application::build(config).await?.run_until_stopped(shutdown).await
 }

@@ -1,0 +1,82 @@
+//! A private `redis-server` for tests that stop and restart Redis (outage tests). Tests that
+//! only need *a* Redis use the shared one ([`crate::redis_url`]) with their own key prefix.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{free_port, wait_for_port};
+
+/// A `redis-server` on a free port of 127.0.0.1 with a temporary directory and no
+/// persistence, killed on drop. `REDIS_SERVER_BIN` overrides the binary.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self { port: free_port(), dir, child: None };
+        server.spawn().await;
+        server
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    async fn spawn(&mut self) {
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string());
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start redis-server; install it (apt-get install redis-server) or set REDIS_SERVER_BIN");
+        self.child = Some(child);
+        wait_for_port(self.addr(), Duration::from_secs(10)).await;
+    }
+
+    /// Stops the server (SIGKILL, as an outage would) and waits for it to be gone.
+    /// Nothing survives: there is no persistence.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh (empty) server on the same port after [`stop`](Self::stop).
+    pub async fn start_again(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
