@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed set-up should fail the test loudly
 
-pub mod proxy;
 pub mod redis;
 
 use std::{
