@@ -75,7 +75,7 @@ OVERRIDES = {
     "mosquitto.config.maxInflightMessages": {"type": "integer", "minimum": 0, "maximum": 65535},
     "mosquitto.config.maxQueuedMessages": {"type": "integer", "minimum": 0},
     "mosquitto.config.maxQueuedBytes": {"type": "integer", "minimum": 0},
-    "mosquitto.config.messageSizeLimit": {"type": "integer", "minimum": 0, "maximum": 268435455},
+    "mosquitto.config.maxPacketSize": {"type": "integer", "minimum": 20, "maximum": 268435455},
     "mosquitto.config.autosaveInterval": {"type": "integer", "minimum": 0},
     "mosquitto.config.persistentClientExpiration": {"type": "string", "pattern": r"^[0-9]+[hdwmy]$"},
     "tracing.samplerRatio": {"type": "number", "minimum": 0, "maximum": 1},
