@@ -55,8 +55,28 @@ impl RedisServer {
     /// Nothing survives: there is no persistence.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server would not die before SIGCONT on some kernels' job control; be sure.
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, as with a
+    /// hung or overloaded Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`pause`](Self::pause) (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().unwrap();
+            assert!(status.success(), "kill {signal} failed");
         }
     }
 

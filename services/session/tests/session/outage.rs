@@ -90,3 +90,29 @@ async fn starts_while_redis_is_down_and_connects_when_it_comes_up() {
     app.assert_valid(&token).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_hung_redis_gives_unavailable_not_a_hang() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app_with(|config| {
+        config.redis_url = redis.url();
+        config.redis_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let before = try_create(&app).await.unwrap();
+    app.assert_valid(&before).await;
+
+    redis.pause();
+    assert_unavailable(&app, &before).await;
+    assert_eq!(app.readyz().await, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    redis.resume();
+    // Same Redis, same data: the session created before the stall is still there.
+    iot_testkit::eventually("ValidateSession to succeed after Redis resumed", BOUND, || async {
+        app.validate(&before).await.ok()
+    })
+    .await;
+    let after = try_create(&app).await.unwrap();
+    app.assert_valid(&after).await;
+    app.stop().await;
+}
