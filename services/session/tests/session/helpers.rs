@@ -102,6 +102,11 @@ impl TestApp {
         reqwest::get(format!("http://{}/readyz", self.metrics_addr)).await.unwrap().status()
     }
 
+    /// Signals shutdown (as SIGTERM would) without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the service and waits for it (bounded), as SIGTERM would.
     pub async fn stop(mut self) {
         self.shutdown.cancel();

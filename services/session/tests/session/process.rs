@@ -76,3 +76,25 @@ async fn binary_serves_health_and_exits_cleanly_on_sigterm() {
     assert_eq!(keys.len(), 2, "one session, one index: {keys:?}");
     let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    let app = crate::helpers::spawn_app().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr)).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest { service: "iot.session.v1.SessionService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    app.begin_shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    assert_eq!(app.readyz().await, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    drop(watch);
+    app.stop().await;
+}
