@@ -1,25 +1,156 @@
-//! The api service (business logic still to come): configuration, ops endpoint, shutdown.
+//! The api service: REST (JSON/CSV/PNG/HTML) over storage and session gRPC, server-rendered
+//! pages, and a live Server-Sent Events stream fed by one MQTT subscription.
 
-use std::net::SocketAddr;
+pub mod auth;
+pub mod broker;
+pub mod chart;
+pub mod config;
+pub mod error;
+pub mod live;
+pub mod middleware;
+pub mod negotiate;
+pub mod routes;
+pub mod state;
+pub mod time;
 
-use iot_runtime::{CancellationToken, OpsServer, ReadinessCheck, logging::LogFormat};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-#[derive(Debug, Clone, clap::Parser)]
-#[command(name = "iot-api", about = "IoT telemetry api service")]
-pub struct Config {
-    /// Address of the ops endpoint (/healthz, /readyz, /metrics).
-    #[arg(long, env = "API_METRICS_ADDR", default_value = "127.0.0.1:9100")]
-    pub metrics_addr: SocketAddr,
-    /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+use actix_web::{
+    App, HttpServer,
+    http::StatusCode,
+    middleware::{Compress, ErrorHandlers, from_fn},
+    web,
+};
+use anyhow::Context;
+use base64::Engine;
+use iot_proto::{session::v1::session_service_client::SessionServiceClient, storage::v1::storage_service_client::StorageServiceClient};
+use iot_runtime::{CancellationToken, OpsServer, ReadinessCheck};
+use rand::RngCore;
+
+pub use config::{Config, CookieSecure};
+
+use crate::{
+    error::ApiError,
+    live::LiveHub,
+    state::{AppState, Metrics, lazy_channel},
+};
+
+/// `bytes` random bytes from the OS-seeded CSPRNG, base64url without padding.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// A bound, not yet running api. Tests bind port 0 and read `local_addr` back.
+pub struct Application {
+    pub local_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    server: actix_web::dev::Server,
+    ops: OpsServer,
+    live_task: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry)?;
+        let storage_channel = lazy_channel(&config.storage_url).context("API_STORAGE_URL")?;
+        let session_channel = lazy_channel(&config.session_url).context("API_SESSION_URL")?;
+        let live = LiveHub::new();
+        let live_task = live::spawn_subscriber(&config, live.clone(), metrics.clone(), shutdown.clone());
+        let state = AppState {
+            storage: StorageServiceClient::new(storage_channel.clone()),
+            session: SessionServiceClient::new(session_channel.clone()),
+            config: Arc::new(config.clone()),
+            metrics,
+            live,
+            shutdown: shutdown.clone(),
+        };
+        let readiness = readiness_check(state.clone());
+        let ops = OpsServer::start(config.metrics_addr, registry, readiness, shutdown.clone()).await?;
+
+        let max_body = config.max_body_bytes;
+        let app_state = web::Data::new(state);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        .content_type(|mime| mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+                        .error_handler(|error, _| ApiError::from(error).into()),
+                )
+                .app_data(
+                    web::FormConfig::default().limit(max_body).error_handler(|error, _| ApiError::from(error).into()),
+                )
+                .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::from(error).into()))
+                .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::from(error).into()))
+                .app_data(web::PayloadConfig::new(max_body))
+                .wrap(from_fn(middleware::csrf))
+                .wrap(from_fn(middleware::json_accept))
+                .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, middleware::method_not_allowed))
+                .wrap(Compress::default())
+                .wrap(from_fn(middleware::metrics))
+                .configure(routes::configure)
+                .default_service(web::to(middleware::not_found))
+        })
+        .disable_signals()
+        // Long-lived streams end on shutdown themselves; this bounds everything else.
+        .shutdown_timeout(10)
+        .keep_alive(Duration::from_secs(75));
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let listener = std::net::TcpListener::bind(config.listen_addr)
+            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+        let local_addr = listener.local_addr()?;
+        let server = server.listen(listener)?.run();
+        tracing::info!(%local_addr, storage = %config.storage_url, session = %config.session_url, "api listening");
+        Ok(Self { local_addr, ops_addr: ops.local_addr, server, ops, live_task, shutdown })
+    }
+
+    /// Serves until the token given to `build` is cancelled, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        let stopper = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            handle.stop(true).await;
+        });
+        self.server.await?;
+        self.shutdown.cancel();
+        let _ = stopper.await;
+        let _ = self.live_task.await;
+        self.ops.task.await?;
+        Ok(())
+    }
+}
+
+fn readiness_check(state: AppState) -> ReadinessCheck {
+    use iot_proto::{session::v1::ValidateSessionRequest, storage::v1::CountUsersRequest};
+    ReadinessCheck::new(move || {
+        let state = state.clone();
+        async move {
+            let mut storage = state.storage.clone();
+            tokio::time::timeout(Duration::from_secs(2), storage.count_users(CountUsersRequest {}))
+                .await
+                .map_err(|_| "storage: timeout".to_string())?
+                .map_err(|s| format!("storage: {}", s.message()))?;
+            // An unknown token is the cheapest call the session service answers.
+            let mut session = state.session.clone();
+            match tokio::time::timeout(Duration::from_secs(2), session.validate_session(ValidateSessionRequest { token: "readiness-probe".into() })).await {
+                Err(_) => Err("session: timeout".to_string()),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(s)) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::InvalidArgument) => Ok(()),
+                Ok(Err(s)) => Err(format!("session: {}", s.message())),
+            }
+        }
+    })
 }
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let registry = prometheus::Registry::new();
-    let ops = OpsServer::start(config.metrics_addr, registry, ReadinessCheck::always_ready(), shutdown.clone()).await?;
-    shutdown.cancelled().await;
-    ops.task.await?;
-    Ok(())
+    Application::build(config, shutdown).await?.run_until_stopped().await
 }

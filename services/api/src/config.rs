@@ -1,0 +1,55 @@
+use std::net::SocketAddr;
+
+use iot_runtime::logging::LogFormat;
+
+/// When the `sid` cookie gets the `Secure` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CookieSecure {
+    /// Secure when the request arrived over TLS or a proxy says so (`X-Forwarded-Proto: https`).
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "iot-api", about = "IoT telemetry api service: REST, HTML pages, charts, live stream")]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "API_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// Address of the ops endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "API_METRICS_ADDR", default_value = "127.0.0.1:9100")]
+    pub metrics_addr: SocketAddr,
+    /// gRPC endpoint of the storage service.
+    #[arg(long, env = "API_STORAGE_URL", default_value = "http://127.0.0.1:50051")]
+    pub storage_url: String,
+    /// gRPC endpoint of the session service.
+    #[arg(long, env = "API_SESSION_URL", default_value = "http://127.0.0.1:50052")]
+    pub session_url: String,
+    /// Broker the api subscribes to for the live stream.
+    #[arg(long, env = "API_MQTT_HOST", default_value = "127.0.0.1")]
+    pub mqtt_host: String,
+    #[arg(long, env = "API_MQTT_PORT", default_value_t = 1883)]
+    pub mqtt_port: u16,
+    #[arg(long, env = "API_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    #[arg(long, env = "API_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// Broker host devices are told to connect to (what they can reach, not what the api uses).
+    #[arg(long, env = "API_PUBLIC_MQTT_HOST", default_value = "127.0.0.1")]
+    pub public_mqtt_host: String,
+    #[arg(long, env = "API_PUBLIC_MQTT_PORT", default_value_t = 1883)]
+    pub public_mqtt_port: u16,
+    /// `Secure` attribute of the session cookie: auto, always or never.
+    #[arg(long, env = "API_COOKIE_SECURE", value_enum, default_value = "auto")]
+    pub cookie_secure: CookieSecure,
+    /// Largest accepted request body.
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// HTTP worker threads (0 = one per CPU).
+    #[arg(long, env = "API_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}

@@ -1,0 +1,63 @@
+use std::{sync::Arc, time::Duration};
+
+use iot_proto::{session::v1::session_service_client::SessionServiceClient, storage::v1::storage_service_client::StorageServiceClient};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{config::Config, live::LiveHub};
+
+/// Shared by every worker; cheap to clone (channels and Arcs).
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: StorageServiceClient<Channel>,
+    pub session: SessionServiceClient<Channel>,
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub live: LiveHub,
+    /// Ends live streams when the server shuts down (they would otherwise hold it open).
+    pub shutdown: iot_runtime::CancellationToken,
+}
+
+/// Lazy channels: the api starts while storage/session are still down and reconnects by itself.
+pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(15))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub sse_clients: IntGauge,
+    pub live_messages: IntCounterVec,
+    pub live_readings: IntCounter,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new("api_http_requests_total", "HTTP requests by route pattern, method and status"),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("api_http_request_duration_seconds", "Time to the response head, by route and method")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route", "method"],
+        )?;
+        let sse_clients = IntGauge::new("api_sse_clients", "Live stream (SSE) clients connected now")?;
+        let live_messages = IntCounterVec::new(
+            Opts::new("api_live_messages_total", "MQTT messages seen by the live stream subscriber, by outcome"),
+            &["outcome"],
+        )?;
+        let live_readings = IntCounter::new("api_live_readings_total", "Readings fanned out to live stream clients")?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(sse_clients.clone()))?;
+        registry.register(Box::new(live_messages.clone()))?;
+        registry.register(Box::new(live_readings.clone()))?;
+        Ok(Self { requests, latency, sse_clients, live_messages, live_readings })
+    }
+}
