@@ -1,0 +1,217 @@
+//! The broker configuration and bootstrap script the chart ships, run for real: the rendered
+//! mosquitto.conf and bootstrap.sh with this machine's Mosquitto (as the pod would run them,
+//! with paths and the port moved to a temporary directory).
+
+use std::{
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use iot_chart_tests::{render_all, tool};
+
+struct Broker {
+    child: Child,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dynsec_plugin() -> Option<PathBuf> {
+    let candidates = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"];
+    candidates.iter().map(|d| Path::new(d).join("mosquitto_dynamic_security.so")).find(|p| p.is_file())
+}
+
+fn mosquitto_bin() -> Option<PathBuf> {
+    std::env::var_os("MOSQUITTO_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| tool("mosquitto"))
+        .or_else(|| Some(PathBuf::from("/usr/sbin/mosquitto")).filter(|p| p.is_file()))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// The pod runs the bootstrap and the broker as the non-root mosquitto user; so does the test
+/// when it runs as root (Mosquitto started as root would drop to that user half-way).
+fn give_to_broker_user(dir: &Path) {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "mosquitto:"]).arg(dir).status().unwrap();
+        assert!(status.success(), "chown {} to the mosquitto user", dir.display());
+    }
+}
+
+/// A command run as the mosquitto user when the test runs as root.
+fn as_broker_user(program: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "mosquitto", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+struct Accounts<'a> {
+    admin: (&'a str, &'a str),
+    ingest: (&'a str, &'a str),
+    api: (&'a str, &'a str),
+}
+
+fn bootstrap(script: &Path, data: &Path, tmp: &Path, plugin: &Path, a: &Accounts) -> (bool, String) {
+    let out = as_broker_user(Path::new("/bin/sh"))
+        .arg(script)
+        .env("DATA_DIR", data)
+        .env("PLUGIN", plugin)
+        .env("TMPDIR", tmp)
+        .env("BOOTSTRAP_PORT", free_port().to_string())
+        .env("ADMIN_USERNAME", a.admin.0)
+        .env("ADMIN_PASSWORD", a.admin.1)
+        .env("INGEST_USERNAME", a.ingest.0)
+        .env("INGEST_PASSWORD", a.ingest.1)
+        .env("API_USERNAME", a.api.0)
+        .env("API_PASSWORD", a.api.1)
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn start(bin: &Path, conf: &Path, log: &Path, port: u16) -> Broker {
+    let log_file = std::fs::File::create(log).unwrap();
+    let child = as_broker_user(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::from(log_file.try_clone().unwrap()))
+        .stderr(Stdio::from(log_file))
+        .spawn()
+        .unwrap();
+    let broker = Broker { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {port}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker
+}
+
+fn publish(port: u16, login: Option<(&str, &str)>, topic: &str, message: &str) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", message]);
+    if let Some((user, pass)) = login {
+        cmd.args(["-u", user, "-P", pass]);
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_restarts() {
+    let test = "the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_restarts";
+    let Some(sets) = render_all(test).unwrap() else { return };
+    let (Some(bin), Some(plugin)) = (mosquitto_bin(), dynsec_plugin()) else {
+        panic!("mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)");
+    };
+    assert!(tool("mosquitto_ctrl").is_some() && tool("mosquitto_pub").is_some(), "mosquitto_ctrl and mosquitto-clients are required");
+    let default = sets.iter().find(|r| r.name == "default").unwrap();
+    let cm = default.find("ConfigMap", "mosquitto").unwrap();
+    let conf_text = cm["data"]["mosquitto.conf"].as_str().unwrap();
+    let script_text = cm["data"]["bootstrap.sh"].as_str().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tmp) = (dir.path().join("data"), dir.path().join("tmp"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let script = dir.path().join("bootstrap.sh");
+    std::fs::write(&script, script_text).unwrap();
+    give_to_broker_user(dir.path());
+
+    // First start of the pod: the init container creates the state.
+    let accounts = Accounts { admin: ("admin", "admin-pw"), ingest: ("iot-ingest", "ingest-pw-1"), api: ("iot-api", "api-pw") };
+    let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &accounts);
+    assert!(ok, "bootstrap failed:\n{out}");
+    assert!(data.join("dynamic-security.json").is_file());
+    // A rollout after the ingest password was rotated in the Secret: same script, new password.
+    let rotated = Accounts { ingest: ("iot-ingest", "ingest-pw-2"), ..accounts };
+    let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &rotated);
+    assert!(ok, "second bootstrap (existing state) failed:\n{out}");
+
+    let port = free_port();
+    let conf = conf_text
+        .replace("/mosquitto/data/", &format!("{}/", data.display()))
+        .replace("/mosquitto/data", &data.display().to_string())
+        .replace("/usr/lib/mosquitto_dynamic_security.so", &plugin.display().to_string())
+        .replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"));
+    assert!(conf.contains(&format!("listener {port} 127.0.0.1")), "the chart's listener line moved:\n{conf}");
+    let conf_path = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.path().join("broker.log");
+    let broker = start(&bin, &conf_path, &log, port);
+
+    // No anonymous access, no wrong or stale passwords.
+    assert!(!publish(port, None, "devices/d1/telemetry", "{}"), "anonymous client accepted");
+    assert!(!publish(port, Some(("iot-ingest", "wrong")), "x", "x"), "wrong password accepted");
+    assert!(!publish(port, Some(("iot-ingest", "ingest-pw-1")), "x", "x"), "rotated-out password accepted");
+    assert!(publish(port, Some(("iot-ingest", "ingest-pw-2")), "x", "x"), "ingest service account refused");
+
+    // The api provisions a device through the dynamic-security control topic.
+    let provision = r#"{"commands":[
+        {"command":"createRole","rolename":"device-d1"},
+        {"command":"addRoleACL","rolename":"device-d1","acltype":"publishClientSend","topic":"devices/d1/telemetry","allow":true},
+        {"command":"createClient","username":"d1","password":"d1-pw"},
+        {"command":"addClientRole","username":"d1","rolename":"device-d1"}]}"#;
+    assert!(publish(port, Some(("iot-api", "api-pw")), "$CONTROL/dynamic-security/v1", provision));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !publish(port, Some(("d1", "d1-pw")), "devices/d1/telemetry", "hello") {
+        assert!(Instant::now() < deadline, "provisioned device cannot connect:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Ingest receives the device's own topic through the shared subscription, and not what the
+    // device forges for another device's topic.
+    let received = receive_one_while_publishing(port, &[("devices/d2/telemetry", "forged"), ("devices/d1/telemetry", "genuine")]);
+    assert_eq!(received.trim(), "devices/d1/telemetry genuine", "ingest got:\n{received}");
+
+    // Broker restart (new pod on the same volume): bootstrap again, the device is still there.
+    drop(broker);
+    let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &rotated);
+    assert!(ok, "bootstrap after restart failed:\n{out}");
+    let _broker = start(&bin, &conf_path, &log, port);
+    assert!(publish(port, Some(("d1", "d1-pw")), "devices/d1/telemetry", "again"), "provisioned device lost on restart");
+    assert!(!publish(port, None, "devices/d1/telemetry", "{}"), "anonymous client accepted after restart");
+}
+
+/// Subscribes as ingest to the shared subscription and publishes as device d1 until one
+/// message arrives; returns "topic payload".
+fn receive_one_while_publishing(port: u16, messages: &[(&str, &str)]) -> String {
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "iot-ingest", "-P", "ingest-pw-2"])
+        .args(["-t", "$share/ingest/devices/+/telemetry", "-q", "1", "-C", "1", "-W", "20", "-v"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sub = Some(sub);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (topic, payload) in messages {
+            publish(port, Some(("d1", "d1-pw")), topic, payload);
+        }
+        let child = sub.as_mut().unwrap();
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sub.take().unwrap().wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

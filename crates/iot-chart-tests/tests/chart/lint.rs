@@ -1,0 +1,83 @@
+//! helm lint, kubernetes-validate and the values schema.
+
+use iot_chart_tests::{helm_or_skip, lint, render, run, template_text, tool, value_sets};
+
+#[test]
+fn lint_strict_passes_for_every_value_set() {
+    let Some(helm) = helm_or_skip("lint_strict_passes_for_every_value_set") else { return };
+    for set in value_sets().unwrap() {
+        let (ok, output) = lint(&helm, &set.args()).unwrap();
+        assert!(ok, "helm lint --strict failed for {}:\n{output}", set.name);
+    }
+}
+
+#[test]
+fn every_rendered_object_validates_against_kubernetes_schemas() {
+    let Some(helm) = helm_or_skip("every_rendered_object_validates_against_kubernetes_schemas") else { return };
+    let validate = tool("kubernetes-validate").expect("kubernetes-validate (scripts/k8s-tools.sh installs it with helm)");
+    let dir = tempfile::tempdir().unwrap();
+    for set in value_sets().unwrap() {
+        let file = dir.path().join(format!("{}.yaml", set.name));
+        std::fs::write(&file, template_text(&helm, &set.args()).unwrap()).unwrap();
+        let objects = render(&helm, &set).unwrap().objects.len();
+        for version in ["1.35.0", "1.37.0"] {
+            let out = run(
+                &validate,
+                &["--strict".into(), "-k".into(), version.into(), file.display().to_string()],
+            )
+            .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let problems: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("ERROR") || l.starts_with("WARN"))
+                // The prometheus-operator CRD has no schema in kubernetes-validate.
+                .filter(|l| !l.contains("kind ServiceMonitor with api version monitoring.coreos.com/v1"))
+                .collect();
+            assert!(out.status.success() && problems.is_empty(), "{} against {version}:\n{}", set.name, problems.join("\n"));
+            let passed = text.lines().filter(|l| l.contains("passed for resource")).count();
+            let monitors = text.lines().filter(|l| l.contains("kind ServiceMonitor")).count();
+            assert_eq!(passed + monitors, objects, "{}: every object is validated (or is a ServiceMonitor)", set.name);
+        }
+    }
+}
+
+/// Values that must be refused by values.schema.json, with the path the error names.
+#[test]
+fn schema_rejects_bad_values() {
+    let Some(helm) = helm_or_skip("schema_rejects_bad_values") else { return };
+    let cases = [
+        ("logFormat=xml", "/logFormat"),
+        ("ingest.replicas=3", "/ingest"),                        // misspelt key
+        ("storage.grpcPort=grpc", "/storage/grpcPort"),          // wrong type
+        ("api.httpPort=70000", "/api/httpPort"),                 // out of range
+        ("ingest.resources.limits=null", "/ingest/resources"),   // limits are required
+        ("api.cookieSecure=sometimes", "/api/cookieSecure"),
+        ("mosquitto.persistence.size=lots", "/mosquitto/persistence/size"),
+        ("tracing.samplerRatio=2", "/tracing/samplerRatio"),
+        ("mariadb.enabled=false", "allOf"),                      // external database not configured
+        ("mosquitto.tls.enabled=true", "allOf"),                 // TLS without a certificate Secret
+        ("jaeger.enabled=true", "allOf"),                        // Jaeger without the collector
+    ];
+    for (set, path) in cases {
+        let (ok, output) = lint(&helm, &["--set".into(), set.into()]).unwrap();
+        assert!(!ok, "--set {set} was accepted");
+        assert!(
+            output.contains("[ERROR] values.yaml: - at '") && output.contains(path),
+            "--set {set} failed for another reason than the schema at {path}:\n{output}"
+        );
+    }
+    // The same keys with good values pass, so the failures above are about the values.
+    let good = [
+        ("--set", "logFormat=text"),
+        ("--set", "ingest.replicaCount=3"),
+        ("--set", "api.httpPort=8081"),
+        ("--set-json", "tracing.samplerRatio=0.5"),
+        ("--set", "mariadb.enabled=false"),
+        ("--set", "externalDatabase.host=db.example.com"),
+        ("--set", "mosquitto.tls.enabled=true"),
+        ("--set", "mosquitto.tls.existingSecret=mqtt-tls"),
+    ];
+    let args: Vec<String> = good.iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]).collect();
+    let (ok, output) = lint(&helm, &args).unwrap();
+    assert!(ok, "good values rejected:\n{output}");
+}
