@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real MariaDB, Redis and Mosquitto.
+#
+#   scripts/test.sh                  everything (what CI runs, through .ci/run)
+#   scripts/test.sh -- FILTER...     extra arguments go to the test runner
+#                                    (e.g. scripts/test.sh -- -p iot-storage)
+#
+# Steps: dependencies (scripts/lib/deps.sh: the machine's MariaDB/Redis if they answer,
+# otherwise private instances under .local/), the Mosquitto configuration check, one
+# `cargo build --workspace --all-targets`, the tests (cargo nextest, or cargo test when
+# nextest is unavailable), doc tests, `cargo clippy` (deny-level lints only, so that
+# `unwrap_used = "deny"` is enforced; ordinary warnings are printed, not fatal) and the
+# Helm chart check when scripts/helm-check.sh exists. Every step runs even when an earlier
+# test step failed; the exit status is non-zero if any step failed.
+#
+# Environment: CI=true (Cargo.lock must be up to date: --locked; private instances this
+# run started are stopped at the end), IOT_SKIP_CLIPPY=1, IOT_SKIP_HELM=1,
+# IOT_TEST_TIMEOUT (seconds for the test step, default 1200), NEXTEST_TEST_THREADS,
+# CARGO_TARGET_DIR, and the knobs of scripts/lib/deps.sh.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+runner_args=()
+if [[ "${1:-}" == "--" ]]; then
+    shift
+    runner_args=("$@")
+fi
+
+started_at=$SECONDS
+step() { printf '\n==> %s\n' "$*" >&2; }
+declare -a results=()
+failed=0
+record() { # record NAME STATUS SECONDS
+    results+=("$(printf '%-28s %-6s %4ss' "$1" "$2" "$3")")
+    [[ "$2" == ok || "$2" == skip ]] || failed=1
+}
+summary() {
+    printf '\n==> summary (%ss)\n' "$((SECONDS - started_at))" >&2
+    local r
+    for r in "${results[@]}"; do printf '    %s\n' "$r" >&2; done
+}
+
+step "dependencies"
+# shellcheck source=lib/deps.sh
+source scripts/lib/deps.sh
+if [[ "${CI:-}" == true && -n "${DEPS_STARTED:-}" ]]; then
+    # A CI job should not leave daemons behind; locally they are kept for the next run.
+    trap 'deps_stop $DEPS_STARTED' EXIT
+fi
+cat >&2 <<EOF
+    TEST_MYSQL_URL=$TEST_MYSQL_URL ($IOT_MYSQL_KIND)
+    TEST_REDIS_URL=$TEST_REDIS_URL ($IOT_REDIS_KIND)
+    MOSQUITTO_BIN=$MOSQUITTO_BIN
+    runner: $IOT_TEST_RUNNER, $(cargo --version)
+EOF
+
+step "mosquitto configuration (deploy/mosquitto) against the real broker"
+t=$SECONDS
+if scripts/check-mosquitto-config.sh; then record mosquitto-config ok $((SECONDS - t)); else record mosquitto-config FAILED $((SECONDS - t)); fi
+
+[[ -z "${IOT_SKIP_HELM:-}" && -x scripts/k8s-tools.sh ]] && { step "k8s tools for the chart tests (scripts/k8s-tools.sh)"; scripts/k8s-tools.sh || echo "k8s-tools failed: the iot-chart-tests will print SKIPPED" >&2; }
+
+cargo_flags=()
+[[ "${CI:-}" == true ]] && cargo_flags+=(--locked)
+
+step "cargo build --workspace --all-targets"
+t=$SECONDS
+if ! cargo build "${cargo_flags[@]}" --workspace --all-targets; then
+    record build FAILED $((SECONDS - t))
+    summary
+    exit 1
+fi
+record build ok $((SECONDS - t))
+
+step "tests ($IOT_TEST_RUNNER)"
+t=$SECONDS
+test_timeout="${IOT_TEST_TIMEOUT:-1200}"
+if [[ "$IOT_TEST_RUNNER" == nextest ]]; then
+    nextest_flags=(--workspace --no-fail-fast)
+    # A CI profile (slow-test timeouts, no retries) when the repository defines one.
+    if [[ "${CI:-}" == true ]] && grep -qs '^\[profile\.ci\]' .config/nextest.toml; then
+        nextest_flags+=(--profile ci)
+    fi
+    test_cmd=(cargo nextest run "${cargo_flags[@]}" "${nextest_flags[@]}" "${runner_args[@]}")
+else
+    test_cmd=(cargo test "${cargo_flags[@]}" --workspace --no-fail-fast "${runner_args[@]}")
+fi
+echo "    ${test_cmd[*]}" >&2
+# The runner prints its own summary (nextest: "Summary [...] N tests run: N passed ...").
+if timeout --foreground -k 30 "$test_timeout" "${test_cmd[@]}"; then
+    record tests ok $((SECONDS - t))
+else
+    rc=$?
+    ((rc == 124)) && echo "tests: timed out after ${test_timeout}s" >&2
+    record tests FAILED $((SECONDS - t))
+fi
+
+if [[ "$IOT_TEST_RUNNER" == nextest && ${#runner_args[@]} -eq 0 ]]; then
+    # nextest does not run doc tests.
+    step "doc tests"
+    t=$SECONDS
+    if cargo test "${cargo_flags[@]}" --workspace --doc; then record doctests ok $((SECONDS - t)); else record doctests FAILED $((SECONDS - t)); fi
+fi
+
+if [[ -z "${IOT_SKIP_CLIPPY:-}" && ${#runner_args[@]} -eq 0 ]]; then
+    step "cargo clippy --workspace --all-targets (deny-level lints fail the run)"
+    t=$SECONDS
+    if cargo clippy --version >/dev/null 2>&1; then
+        if cargo clippy "${cargo_flags[@]}" --workspace --all-targets; then record clippy ok $((SECONDS - t)); else record clippy FAILED $((SECONDS - t)); fi
+    else
+        echo "clippy is not installed (rustup component add clippy); skipped" >&2
+        record clippy skip 0
+    fi
+fi
+
+if [[ -z "${IOT_SKIP_HELM:-}" && -x scripts/helm-check.sh && ${#runner_args[@]} -eq 0 ]]; then
+    step "scripts/helm-check.sh"
+    t=$SECONDS
+    if scripts/helm-check.sh; then record helm-check ok $((SECONDS - t)); else record helm-check FAILED $((SECONDS - t)); fi
+fi
+
+summary
+exit "$failed"
