@@ -81,3 +81,42 @@ fn schema_rejects_bad_values() {
     let (ok, output) = lint(&helm, &args).unwrap();
     assert!(ok, "good values rejected:\n{output}");
 }
+
+/// values.yaml is documented key by key: every key has a comment right above it. A key
+/// whose block starts without a comment is a default value (resources, probes, security
+/// contexts) documented as a whole by the key's own comment.
+#[test]
+fn every_key_of_values_yaml_is_documented() {
+    let text = std::fs::read_to_string(iot_chart_tests::chart_dir().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let key_of = |line: &str| -> Option<(usize, String, bool)> {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.starts_with('-') {
+            return None;
+        }
+        let (key, value) = trimmed.split_once(':')?;
+        key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_').then(|| (line.len() - trimmed.len(), key.to_string(), value.trim().is_empty()))
+    };
+    let mut undocumented = Vec::new();
+    let mut skip_deeper_than: Option<usize> = None;
+    let mut keys = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some((indent, key, block)) = key_of(line) else { continue };
+        if let Some(limit) = skip_deeper_than {
+            if indent > limit {
+                continue;
+            }
+            skip_deeper_than = None;
+        }
+        keys += 1;
+        if i == 0 || !lines[i - 1].trim_start().starts_with('#') {
+            undocumented.push(format!("{}{key}", " ".repeat(indent)));
+        }
+        let next_is_comment = lines.get(i + 1).is_some_and(|n| n.trim_start().starts_with('#'));
+        if block && !next_is_comment {
+            skip_deeper_than = Some(indent);
+        }
+    }
+    assert!(keys > 150, "only {keys} keys found");
+    assert!(undocumented.is_empty(), "undocumented keys in values.yaml:\n{}", undocumented.join("\n"));
+}

@@ -70,6 +70,9 @@ fn the_four_services_run_with_their_ports_and_health_endpoints() {
                 let ports = c["ports"].as_array().unwrap();
                 assert!(ports.iter().any(|p| p["name"] == "grpc" && p["containerPort"].as_u64() == Some(port)), "{}: {svc}", r.name);
                 assert_eq!(c["startupProbe"]["httpGet"]["path"], "/readyz", "{}: {svc}", r.name);
+                // The named service, which the server turns NOT_SERVING on shutdown.
+                let capitalised = format!("{}{}", svc[..1].to_uppercase(), &svc[1..]);
+                assert_eq!(readiness["grpc"]["service"], format!("iot.{svc}.v1.{capitalised}Service"), "{}: {svc}", r.name);
             } else {
                 assert_eq!(readiness["httpGet"]["path"], "/readyz", "{}: {svc} readiness", r.name);
             }
