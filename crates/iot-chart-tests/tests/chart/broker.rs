@@ -215,3 +215,77 @@ fn receive_one_while_publishing(port: u16, messages: &[(&str, &str)]) -> String 
     let out = sub.take().unwrap().wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as a cert-manager
+/// `kubernetes.io/tls` Secret would hold them (ca.crt, tls.crt, tls.key).
+fn make_certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=iot test CA"]);
+    for (name, cn, san) in [("tls", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "d1", "subjectAltName=DNS:d1")] {
+        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"), "-addext", san]);
+        openssl(dir, &[
+            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", &format!("{name}.crt"), "-days", "2", "-copy_extensions", "copy",
+        ]);
+    }
+}
+
+fn publish_tls(port: u16, dir: &Path, client_cert: bool, login: (&str, &str)) -> bool {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", "x", "-m", "x", "-u", login.0, "-P", login.1]);
+    cmd.arg("--cafile").arg(dir.join("ca.crt"));
+    if client_cert {
+        cmd.arg("--cert").arg(dir.join("client.crt")).arg("--key").arg(dir.join("client.key"));
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
+    let test = "the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate";
+    let Some(sets) = render_all(test).unwrap() else { return };
+    let (Some(bin), Some(plugin)) = (mosquitto_bin(), dynsec_plugin()) else {
+        panic!("mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)");
+    };
+    // ci/trial-observability-values.yaml: TLS on 8883 with client certificates required.
+    let trial = sets.iter().find(|r| r.name == "trial-observability-values").unwrap();
+    let cm = trial.find("ConfigMap", "mosquitto").unwrap();
+    let conf_text = cm["data"]["mosquitto.conf"].as_str().unwrap();
+    assert!(conf_text.contains("require_certificate true"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (data, tmp, tls) = (dir.path().join("data"), dir.path().join("tmp"), dir.path().join("tls"));
+    for d in [&data, &tmp, &tls] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    make_certificates(&tls);
+    let script = dir.path().join("bootstrap.sh");
+    std::fs::write(&script, cm["data"]["bootstrap.sh"].as_str().unwrap()).unwrap();
+    give_to_broker_user(dir.path());
+    let accounts = Accounts { admin: ("admin", "a"), ingest: ("iot-ingest", "i"), api: ("iot-api", "p") };
+    let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &accounts);
+    assert!(ok, "bootstrap failed:\n{out}");
+
+    let (plain, secure) = (free_port(), free_port());
+    let conf = conf_text
+        .replace("/mosquitto/data/", &format!("{}/", data.display()))
+        .replace("/mosquitto/tls", &tls.display().to_string())
+        .replace("/usr/lib/mosquitto_dynamic_security.so", &plugin.display().to_string())
+        .replace("listener 1883\n", &format!("listener {plain} 127.0.0.1\n"))
+        .replace("listener 8883\n", &format!("listener {secure} 127.0.0.1\n"));
+    let conf_path = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let log = dir.path().join("broker.log");
+    let _broker = start(&bin, &conf_path, &log, secure);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    assert!(publish_tls(secure, &tls, true, ("iot-ingest", "i")), "TLS with the CA and a client certificate refused:\n{}", logs());
+    assert!(!publish_tls(secure, &tls, false, ("iot-ingest", "i")), "TLS without a client certificate accepted");
+    assert!(!publish_tls(secure, &tls, true, ("iot-ingest", "wrong")), "TLS with a wrong password accepted");
+    assert!(!publish(secure, Some(("iot-ingest", "i")), "x", "x"), "plain MQTT accepted on the TLS port");
+    assert!(publish(plain, Some(("iot-ingest", "i")), "x", "x"), "in-cluster plain listener refused ingest");
+}
