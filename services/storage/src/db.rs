@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use deadpool::Runtime;
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{
-    AsyncConnection, AsyncMysqlConnection, RunQueryDsl,
+    AsyncMysqlConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool},
 };
@@ -179,6 +179,3 @@ pub async fn ping(db: &Db) -> Result<()> {
     .await
 }
 
-// AsyncConnection is used through its trait methods above.
-#[allow(dead_code)]
-fn _assert_connection<C: AsyncConnection>() {}

@@ -45,6 +45,9 @@ pub struct Config {
     /// How long to keep retrying the database at start before giving up, in seconds.
     #[arg(long, env = "STORAGE_DB_STARTUP_TIMEOUT", default_value_t = 30.0)]
     pub db_startup_timeout: f64,
+    /// After SIGTERM, how long calls in flight may take before the server stops anyway, in seconds.
+    #[arg(long, env = "STORAGE_SHUTDOWN_GRACE", default_value_t = 20.0)]
+    pub shutdown_grace: f64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -61,6 +64,7 @@ impl Config {
             db_connect_timeout: 5.0,
             db_query_timeout: 30.0,
             db_startup_timeout: 10.0,
+            shutdown_grace: 10.0,
             log_format: LogFormat::Text,
         }
     }
@@ -79,6 +83,7 @@ pub struct Application {
     ops_shutdown: CancellationToken,
     api: service::StorageApi,
     db: db::Db,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -87,6 +92,7 @@ impl Application {
         let connect_timeout = Config::seconds(config.db_connect_timeout, "db-connect-timeout")?;
         let query_timeout = Config::seconds(config.db_query_timeout, "db-query-timeout")?;
         let startup_timeout = Config::seconds(config.db_startup_timeout, "db-startup-timeout")?;
+        let shutdown_grace = Config::seconds(config.shutdown_grace, "shutdown-grace")?;
 
         prepare_database(&config.database_url, connect_timeout, startup_timeout).await?;
 
@@ -114,7 +120,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot bind the ops address {}", config.metrics_addr))?;
         tracing::info!(%grpc_addr, "storage gRPC server listening");
-        Ok(Self { grpc_listener, grpc_addr, ops, ops_shutdown, api, db })
+        Ok(Self { grpc_listener, grpc_addr, ops, ops_shutdown, api, db, shutdown_grace })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -150,13 +156,25 @@ impl Application {
                 tracing::info!("storage shutting down: draining calls in flight");
             }
         };
-        let served = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(StorageServiceServer::new(self.api).max_decoding_message_size(64 * 1024 * 1024))
-            .serve_with_incoming_shutdown(incoming, on_shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, on_shutdown);
+        // A client that keeps a call open must not hold the process past its grace period.
+        let grace = self.shutdown_grace;
+        let deadline = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = server => served,
+            () = deadline => {
+                tracing::warn!(?grace, "calls still open after the shutdown grace period; stopping anyway");
+                Ok(())
+            }
+        };
         self.ops_shutdown.cancel();
         let _ = self.ops.task.await;
         self.db.pool().close();

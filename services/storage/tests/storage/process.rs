@@ -1,0 +1,66 @@
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use iot_proto::storage::v1 as pb;
+use iot_testkit::{ChildGuard, TestDatabase, free_port, wait_for_port};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::helpers::connect;
+
+/// The real binary: configured from flags and environment, ops endpoints, gRPC health
+/// SERVING for the server and the storage service, clean exit 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
+    let db = TestDatabase::create().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("storage.log");
+    let grpc_port = free_port();
+    let metrics_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_iot-storage"))
+        .arg("--grpc-addr")
+        .arg(format!("127.0.0.1:{grpc_port}"))
+        .env("STORAGE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("STORAGE_DATABASE_URL", &db.url)
+        .env("STORAGE_DB_POOL_SIZE", "4")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(Some(child));
+    let grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
+    wait_for_port(grpc_addr, Duration::from_secs(30)).await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "iot.storage.v1.StorageService"] {
+        let answer =
+            health.check(HealthCheckRequest { service: service.to_string() }).await.unwrap().into_inner();
+        assert_eq!(answer.status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+
+    let mut client = connect(grpc_addr).await;
+    assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"storage_grpc_requests_total{code="OK",method="CountUsers"} 1"#), "{metrics}");
+    assert!(metrics.contains("storage_grpc_request_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("storage_db_pool_max_size 4"), "{metrics}");
+    assert!(metrics.contains("storage_db_pool_size"), "{metrics}");
+    assert!(metrics.contains("storage_readings_inserted_total 0"), "{metrics}");
+    drop(client);
+    drop(health);
+
+    // Off the runtime thread: the client side of open connections must keep running while the
+    // server drains them.
+    let clean = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(15))).await.unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(clean, "iot-storage did not exit 0 on SIGTERM; its log:\n{log}");
+    assert!(log.contains("storage gRPC server listening"), "{log}");
+}

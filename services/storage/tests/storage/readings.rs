@@ -1,0 +1,363 @@
+use std::collections::BTreeMap;
+
+use iot_proto::storage::v1 as pb;
+use tonic::Code;
+
+use crate::helpers::{TestApp, code, query, reading, spawn_app};
+
+async fn app_with_device(device_id: &str) -> TestApp {
+    let mut app = spawn_app().await;
+    let owner = app.user("owner").await;
+    app.device(owner.id, device_id).await;
+    app
+}
+
+fn points(readings: &[pb::Reading]) -> Vec<(i64, String, f64)> {
+    readings.iter().map(|r| (r.ts_us, r.metric.clone(), r.value)).collect()
+}
+
+fn got(points: &[pb::ReadingPoint]) -> Vec<(i64, String, f64)> {
+    points.iter().map(|p| (p.ts_us, p.metric.clone(), p.value)).collect()
+}
+
+#[tokio::test]
+async fn written_readings_read_back_in_order() {
+    let mut app = app_with_device("dev").await;
+    let batch = vec![
+        reading("dev", "temperature", 2_000_000, 21.5),
+        reading("dev", "humidity", 1_000_000, 40.0),
+        reading("dev", "temperature", 1_000_000, 21.0),
+        reading("dev", "humidity", 2_000_001, -3.25e-7),
+    ];
+    let written = app.write(batch).await;
+    assert_eq!((written.inserted, written.duplicates), (4, 0));
+    assert!(written.unknown_devices.is_empty());
+
+    let all = app.client.query_readings(query("dev", "", 0, 0, 0)).await.unwrap().into_inner();
+    assert_eq!(
+        got(&all.readings),
+        vec![
+            (1_000_000, "humidity".into(), 40.0),
+            (1_000_000, "temperature".into(), 21.0),
+            (2_000_000, "temperature".into(), 21.5),
+            (2_000_001, "humidity".into(), -3.25e-7),
+        ]
+    );
+    assert!(all.next_cursor.is_empty());
+
+    // from inclusive, to exclusive, one metric.
+    let temp = app.client.query_readings(query("dev", "temperature", 1_000_000, 2_000_000, 0)).await.unwrap().into_inner();
+    assert_eq!(got(&temp.readings), vec![(1_000_000, "temperature".into(), 21.0)]);
+    let none = app.client.query_readings(query("dev", "pressure", 0, 0, 0)).await.unwrap().into_inner();
+    assert!(none.readings.is_empty());
+    let mut desc = query("dev", "", 0, 0, 0);
+    desc.descending = true;
+    let desc = app.client.query_readings(desc).await.unwrap().into_inner();
+    let mut expected = got(&all.readings);
+    expected.reverse();
+    assert_eq!(got(&desc.readings), expected);
+}
+
+#[tokio::test]
+async fn unknown_devices_are_reported_and_skipped() {
+    let mut app = app_with_device("known").await;
+    let written = app
+        .write(vec![
+            reading("known", "m", 1, 1.0),
+            reading("ghost-b", "m", 1, 1.0),
+            reading("ghost-a", "m", 1, 1.0),
+            reading("ghost-b", "m", 2, 1.0),
+        ])
+        .await;
+    assert_eq!(written.inserted, 1);
+    assert_eq!(written.duplicates, 0);
+    assert_eq!(written.unknown_devices, vec!["ghost-a".to_string(), "ghost-b".to_string()]);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 1);
+    let empty = app.write(vec![]).await;
+    assert_eq!((empty.inserted, empty.duplicates, empty.unknown_devices.len()), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn rewriting_a_batch_stores_nothing_twice() {
+    let mut app = app_with_device("dev").await;
+    let batch: Vec<_> = (0..300).map(|i| reading("dev", ["a", "b", "c"][i % 3], (i / 3) as i64 * 1_000, i as f64)).collect();
+    let first = app.write(batch.clone()).await;
+    assert_eq!((first.inserted, first.duplicates), (300, 0));
+    let second = app.write(batch.clone()).await;
+    assert_eq!((second.inserted, second.duplicates), (0, 300));
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 300);
+
+    // A batch that overlaps half and repeats a key inside itself.
+    let mut mixed: Vec<_> = batch[150..].to_vec();
+    mixed.push(reading("dev", "new", 5, 1.0));
+    mixed.push(reading("dev", "new", 5, 2.0));
+    let third = app.write(mixed).await;
+    assert_eq!((third.inserted, third.duplicates), (1, 151));
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 301);
+    // The first write of a key wins; a redelivery never changes the stored value.
+    let new = app.client.query_readings(query("dev", "new", 0, 0, 0)).await.unwrap().into_inner();
+    assert_eq!(got(&new.readings), vec![(5, "new".into(), 1.0)]);
+}
+
+#[tokio::test]
+async fn large_batches_are_chunked_and_still_idempotent() {
+    let mut app = app_with_device("bulk").await;
+    let batch: Vec<_> = (0..2_500).map(|i| reading("bulk", "m", i * 10, i as f64 / 7.0)).collect();
+    let first = app.write(batch.clone()).await;
+    assert_eq!((first.inserted, first.duplicates), (2_500, 0));
+    let second = app.write(batch).await;
+    assert_eq!((second.inserted, second.duplicates), (0, 2_500));
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 2_500);
+}
+
+/// Equal timestamps across several metrics, a page size that divides nothing: every page
+/// boundary falls inside a group of equal timestamps at some point.
+#[tokio::test]
+async fn pagination_neither_skips_nor_repeats() {
+    let mut app = app_with_device("dev").await;
+    let metrics = ["m.a", "m:b", "m/c", "z"];
+    let mut batch = Vec::new();
+    for t in 0..60i64 {
+        for (i, metric) in metrics.iter().enumerate() {
+            // Some metrics skip some timestamps so groups have different sizes.
+            if (t + i as i64) % 5 != 0 {
+                batch.push(reading("dev", metric, 1_700_000_000_000_000 + (t / 2) * 1_000, (t * 10 + i as i64) as f64));
+            }
+        }
+    }
+    // Duplicated (ts, metric) keys collapse; the stored set is what the reads must return.
+    let written = app.write(batch.clone()).await;
+    let mut expected: BTreeMap<(i64, String), f64> = BTreeMap::new();
+    for (ts, metric, value) in points(&batch) {
+        expected.entry((ts, metric)).or_insert(value);
+    }
+    assert_eq!(written.inserted as usize, expected.len());
+    let expected: Vec<(i64, String, f64)> = expected.into_iter().map(|((t, m), v)| (t, m, v)).collect();
+
+    for descending in [false, true] {
+        for limit in [1u32, 3, 7, 50] {
+            let mut seen = Vec::new();
+            let mut cursor = String::new();
+            let mut pages = 0;
+            loop {
+                let mut request = query("dev", "", 0, 0, limit);
+                request.cursor = cursor;
+                request.descending = descending;
+                let page = app.client.query_readings(request).await.unwrap().into_inner();
+                assert!(page.readings.len() <= limit as usize);
+                seen.extend(got(&page.readings));
+                pages += 1;
+                cursor = page.next_cursor;
+                if cursor.is_empty() {
+                    break;
+                }
+                assert!(pages <= expected.len() + 1, "pagination does not end");
+            }
+            let mut want = expected.clone();
+            if descending {
+                want.reverse();
+            }
+            assert_eq!(seen, want, "limit {limit}, descending {descending}");
+        }
+    }
+
+    // One metric, paged, within a range.
+    let from = 1_700_000_000_000_000 + 5_000;
+    let to = 1_700_000_000_000_000 + 20_000;
+    let want: Vec<_> = expected.iter().filter(|(t, m, _)| m == "z" && *t >= from && *t < to).cloned().collect();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let mut request = query("dev", "z", from, to, 4);
+        request.cursor = cursor;
+        let page = app.client.query_readings(request).await.unwrap().into_inner();
+        seen.extend(got(&page.readings));
+        cursor = page.next_cursor;
+        if cursor.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, want);
+}
+
+#[tokio::test]
+async fn stream_returns_the_same_rows_in_chunks() {
+    let mut app = app_with_device("dev").await;
+    let batch: Vec<_> = (0..1_000).map(|i| reading("dev", ["x", "y"][i % 2], (i / 2) as i64, i as f64)).collect();
+    app.write(batch).await;
+    let full = app.client.query_readings(query("dev", "", 0, 0, 10_000)).await.unwrap().into_inner();
+    assert_eq!(full.readings.len(), 1_000);
+
+    let mut stream = app.client.stream_readings(query("dev", "", 0, 0, 128)).await.unwrap().into_inner();
+    let mut streamed = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert!(chunk.readings.len() <= 128);
+        chunks += 1;
+        streamed.extend(chunk.readings);
+    }
+    assert_eq!(chunks, 8);
+    assert_eq!(streamed, full.readings);
+
+    assert_eq!(code(app.client.stream_readings(query("nope", "", 0, 0, 0)).await), Code::NotFound);
+    assert_eq!(code(app.client.stream_readings(query("dev", "", 10, 5, 0)).await), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn latest_gives_the_newest_reading_per_metric() {
+    let mut app = app_with_device("dev").await;
+    let empty = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
+    assert!(empty.readings.is_empty());
+    app.write(vec![
+        reading("dev", "a", 10, 1.0),
+        reading("dev", "a", 30, 3.0),
+        reading("dev", "a", 20, 2.0),
+        reading("dev", "b", 5, 50.0),
+    ])
+    .await;
+    let latest = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
+    assert_eq!(got(&latest.readings), vec![(30, "a".into(), 3.0), (5, "b".into(), 50.0)]);
+    assert_eq!(
+        code(app.client.latest_readings(pb::LatestReadingsRequest { device_id: "other".into() }).await),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn aggregates_match_values_computed_here() {
+    let mut app = app_with_device("dev").await;
+    let bucket_us = 60_000_000i64; // one minute
+    let start = 1_700_000_000_000_000i64;
+    // Deterministic, uneven values and gaps: a few buckets are empty.
+    let mut batch = Vec::new();
+    for i in 0..500i64 {
+        if (i / 37) % 4 == 3 {
+            continue;
+        }
+        let ts = start + i * 7_777_777;
+        let value = ((i * 7919) % 1000) as f64 / 10.0 - 20.0;
+        batch.push(reading("dev", "t", ts, value));
+        batch.push(reading("dev", "other", ts, 1e6)); // must not leak into "t"
+    }
+    app.write(batch.clone()).await;
+
+    let from = start + 3 * bucket_us + 123; // not aligned: the first bucket is partial
+    let to = start + 50 * bucket_us;
+    let mut expected: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    for r in batch.iter().filter(|r| r.metric == "t" && r.ts_us >= from && r.ts_us < to) {
+        expected.entry(r.ts_us.div_euclid(bucket_us) * bucket_us).or_default().push(r.value);
+    }
+    let answer = app
+        .client
+        .aggregate_readings(pb::AggregateReadingsRequest {
+            device_id: "dev".into(),
+            metric: "t".into(),
+            from_us: from,
+            to_us: to,
+            bucket_us,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.buckets.len(), expected.len());
+    for (bucket, (start_us, values)) in answer.buckets.iter().zip(&expected) {
+        assert_eq!(bucket.start_us, *start_us);
+        assert_eq!(bucket.start_us % bucket_us, 0, "epoch aligned");
+        assert_eq!(bucket.count, values.len() as u64);
+        let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+        let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let avg = values.iter().sum::<f64>() / values.len() as f64;
+        assert_eq!(bucket.min, min);
+        assert_eq!(bucket.max, max);
+        assert!((bucket.avg - avg).abs() < 1e-9, "avg {} vs {avg}", bucket.avg);
+    }
+
+    let aggregate = |metric: &str, bucket_us, from_us, to_us| pb::AggregateReadingsRequest {
+        device_id: "dev".into(),
+        metric: metric.into(),
+        from_us,
+        to_us,
+        bucket_us,
+    };
+    assert_eq!(code(app.client.aggregate_readings(aggregate("", 1, 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.aggregate_readings(aggregate("t", 0, 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.aggregate_readings(aggregate("t", -5, 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.aggregate_readings(aggregate("t", 5, 10, 10)).await), Code::InvalidArgument);
+    let mut missing = aggregate("t", 5, 0, 0);
+    missing.device_id = "missing".into();
+    assert_eq!(code(app.client.aggregate_readings(missing).await), Code::NotFound);
+}
+
+#[tokio::test]
+async fn delete_readings_removes_a_range() {
+    let mut app = app_with_device("dev").await;
+    let batch: Vec<_> = (0..100).flat_map(|i| [reading("dev", "a", i, 1.0), reading("dev", "b", i, 2.0)]).collect();
+    app.write(batch).await;
+    let delete = |metric: &str, from_us, to_us| pb::DeleteReadingsRequest {
+        device_id: "dev".into(),
+        metric: metric.into(),
+        from_us,
+        to_us,
+    };
+    let one_metric = app.client.delete_readings(delete("a", 10, 20)).await.unwrap().into_inner();
+    assert_eq!(one_metric.deleted, 10);
+    let both = app.client.delete_readings(delete("", 90, 0)).await.unwrap().into_inner();
+    assert_eq!(both.deleted, 20);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 170);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings WHERE metric = 'a' AND ts_us >= 10 AND ts_us < 20").await, 0);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings WHERE metric = 'b' AND ts_us >= 10 AND ts_us < 20").await, 10);
+    let again = app.client.delete_readings(delete("a", 10, 20)).await.unwrap().into_inner();
+    assert_eq!(again.deleted, 0);
+    let mut missing = delete("", 0, 0);
+    missing.device_id = "missing".into();
+    assert_eq!(code(app.client.delete_readings(missing).await), Code::NotFound);
+    assert_eq!(code(app.client.delete_readings(delete("a", 20, 10)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.delete_readings(delete("bad metric", 0, 0)).await), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn bad_readings_are_refused_whole() {
+    let mut app = app_with_device("dev").await;
+    let bad = [
+        reading("dev", "m", 1, f64::NAN),
+        reading("dev", "m", 1, f64::INFINITY),
+        reading("dev", "m", 1, f64::NEG_INFINITY),
+        reading("dev", "m", -1, 1.0),
+        reading("dev", "m", 253_402_300_800_000_000, 1.0),
+        reading("dev", "", 1, 1.0),
+        reading("dev", "bad metric", 1, 1.0),
+        reading("dev", &"m".repeat(65), 1, 1.0),
+        reading("", "m", 1, 1.0),
+        reading("dev/1", "m", 1, 1.0),
+    ];
+    for r in bad {
+        let described = format!("{r:?}");
+        let result = app
+            .client
+            .write_readings(pb::WriteReadingsRequest { readings: vec![reading("dev", "ok", 1, 1.0), r] })
+            .await;
+        let status = result.expect_err(&described);
+        assert_eq!(status.code(), Code::InvalidArgument, "{described}");
+        assert!(status.message().contains("readings[1]"), "{}", status.message());
+    }
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 0, "nothing of a refused batch is stored");
+
+    // Query argument checks.
+    assert_eq!(code(app.client.query_readings(query("", "", 0, 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.query_readings(query("dev", "bad metric", 0, 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.query_readings(query("dev", "", 100, 50, 0)).await), Code::InvalidArgument);
+    assert_eq!(code(app.client.query_readings(query("missing", "", 0, 0, 0)).await), Code::NotFound);
+    assert_eq!(code(app.client.query_readings(query("missing", "m", 0, 0, 0)).await), Code::NotFound);
+    for cursor in ["not base64 !", "aGVsbG8", ""] {
+        if cursor.is_empty() {
+            continue;
+        }
+        let mut request = query("dev", "", 0, 0, 0);
+        request.cursor = cursor.into();
+        assert_eq!(code(app.client.query_readings(request).await), Code::InvalidArgument, "{cursor}");
+    }
+    assert_eq!(
+        code(app.client.latest_readings(pb::LatestReadingsRequest { device_id: "a b".into() }).await),
+        Code::InvalidArgument
+    );
+}
