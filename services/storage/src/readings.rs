@@ -117,7 +117,9 @@ pub struct Point {
 }
 
 #[derive(QueryableByName)]
-struct MetricName {
+struct DeviceMetric {
+    #[diesel(sql_type = Unsigned<BigInt>)]
+    device_pk: u64,
     #[diesel(sql_type = Varchar)]
     metric: String,
 }
@@ -146,10 +148,35 @@ impl Cursor {
     }
 }
 
-/// What a range read selects. `metrics` empty means every metric of the device.
+/// How a query names its device: by internal key once known, else by public id through a
+/// scalar subquery, which the optimiser evaluates first and then treats as a constant (so the
+/// primary key is still range-scanned) and which saves a separate lookup round trip.
+#[derive(Debug, Clone)]
+pub enum DeviceKey {
+    Pk(u64),
+    Id(String),
+}
+
+impl DeviceKey {
+    fn condition(&self) -> &'static str {
+        match self {
+            Self::Pk(_) => "device_pk = ?",
+            Self::Id(_) => "device_pk = (SELECT id FROM devices WHERE device_id = ?)",
+        }
+    }
+
+    fn bind<'a, Q>(&self, query: BoxedSqlQuery<'a, Mysql, Q>) -> BoxedSqlQuery<'a, Mysql, Q> {
+        match self {
+            Self::Pk(pk) => query.bind::<Unsigned<BigInt>, _>(*pk),
+            Self::Id(id) => query.bind::<Varchar, _>(id.clone()),
+        }
+    }
+}
+
+/// What a range read selects.
 #[derive(Debug, Clone)]
 pub struct Selection {
-    pub device_id: String,
+    pub device: DeviceKey,
     pub metrics: Vec<String>,
     pub from_us: i64,
     /// Exclusive.
@@ -157,83 +184,106 @@ pub struct Selection {
     pub descending: bool,
 }
 
-/// The device's distinct metrics. The primary key starts with (device_pk, metric), so this is
-/// a loose index scan that touches one entry per metric, not every reading. The devices row is
-/// a constant table (unique key = constant), so the join costs nothing extra.
-pub async fn metrics_of(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<MetricName> = diesel::sql_query(
-        "SELECT DISTINCT r.metric AS metric FROM devices d JOIN readings r ON r.device_pk = d.id \
-         WHERE d.device_id = ? ORDER BY r.metric",
+/// The device's key and its distinct metrics, or `None` when it has no readings (or does not
+/// exist). `GROUP BY device_pk, metric` on the primary key's prefix is a loose index scan: one
+/// index dive per metric, not a pass over every reading.
+pub async fn metrics_of(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Option<(u64, Vec<String>)>> {
+    let rows: Vec<DeviceMetric> = diesel::sql_query(
+        "SELECT device_pk, metric FROM readings \
+         WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) GROUP BY device_pk, metric",
     )
     .bind::<Varchar, _>(device_id)
     .load(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| r.metric).collect())
+    let Some(pk) = <[DeviceMetric]>::first(&rows).map(|r| r.device_pk) else { return Ok(None) };
+    let mut metrics: Vec<String> = rows.into_iter().map(|r| r.metric).collect();
+    metrics.sort();
+    Ok(Some((pk, metrics)))
 }
 
-/// One page of at most `limit` points after `after`, plus whether more follow. Ordered by
-/// (ts_us, metric), reversed when descending; the cursor condition uses the same pair, so rows
-/// with equal timestamps across metrics are neither skipped nor repeated. With several
-/// metrics, `metric IN (...)` lets every metric be a range scan of the primary key.
+/// The `[lo, hi)` time bounds of one metric's part of a page that starts after `after`.
+/// Order is (ts_us, metric): a metric sorting after the cursor's may still have a row at the
+/// cursor's timestamp, one sorting before (or equal) may not — so equal timestamps across
+/// metrics are neither skipped nor repeated.
+fn bounds(selection: &Selection, metric: &str, after: Option<&Cursor>) -> (i64, i64) {
+    let (mut lo, mut hi) = (selection.from_us, selection.to_us);
+    if let Some(cursor) = after {
+        if selection.descending {
+            let end = if metric < cursor.metric.as_str() { cursor.ts_us.saturating_add(1) } else { cursor.ts_us };
+            hi = hi.min(end);
+        } else {
+            let start = if metric > cursor.metric.as_str() { cursor.ts_us } else { cursor.ts_us.saturating_add(1) };
+            lo = lo.max(start);
+        }
+    }
+    (lo, hi)
+}
+
+/// One page of at most `limit` points after `after`, plus whether more follow, in one query.
+/// Each metric is its own primary-key range scan that stops after `limit + 1` rows; the
+/// UNION ALL of those is merged in (ts_us, metric) order. A plain `metric IN (...)` would
+/// instead read and sort every row of the range for each page.
 pub async fn page(
     conn: &mut AsyncMysqlConnection,
     selection: &Selection,
     after: Option<&Cursor>,
     limit: usize,
 ) -> Result<(Vec<Point>, bool)> {
-    if selection.metrics.is_empty() {
+    let parts: Vec<(&str, i64, i64)> = selection
+        .metrics
+        .iter()
+        .map(|metric| {
+            let (lo, hi) = bounds(selection, metric, after);
+            (metric.as_str(), lo, hi)
+        })
+        .filter(|(_, lo, hi)| lo < hi)
+        .collect();
+    if parts.is_empty() {
         return Ok((Vec::new(), false));
     }
-    let placeholders = vec!["?"; selection.metrics.len()].join(", ");
-    let mut sql = format!(
-        "SELECT r.metric AS metric, r.ts_us AS ts_us, r.value AS value \
-         FROM devices d JOIN readings r ON r.device_pk = d.id \
-         WHERE d.device_id = ? AND r.metric IN ({placeholders}) AND r.ts_us >= ? AND r.ts_us < ?"
+    let order = if selection.descending { "DESC" } else { "ASC" };
+    let part = format!(
+        "SELECT metric, ts_us, value FROM readings WHERE {} AND metric = ? AND ts_us >= ? AND ts_us < ? \
+         ORDER BY ts_us {order} LIMIT ?",
+        selection.device.condition()
     );
-    if after.is_some() {
-        // The first conjunct narrows every per-metric range scan; the second breaks timestamp ties.
-        sql.push_str(if selection.descending {
-            " AND r.ts_us <= ? AND (r.ts_us < ? OR r.metric < ?)"
-        } else {
-            " AND r.ts_us >= ? AND (r.ts_us > ? OR r.metric > ?)"
-        });
-    }
-    sql.push_str(if selection.descending {
-        " ORDER BY r.ts_us DESC, r.metric DESC LIMIT ?"
+    let sql = if parts.len() == 1 {
+        part
     } else {
-        " ORDER BY r.ts_us ASC, r.metric ASC LIMIT ?"
-    });
-    let mut query: BoxedSqlQuery<'_, Mysql, _> =
-        diesel::sql_query(sql).into_boxed().bind::<Varchar, _>(selection.device_id.clone());
-    for metric in &selection.metrics {
-        query = query.bind::<Varchar, _>(metric.clone());
-    }
-    query = query.bind::<BigInt, _>(selection.from_us).bind::<BigInt, _>(selection.to_us);
-    if let Some(cursor) = after {
-        query = query
-            .bind::<BigInt, _>(cursor.ts_us)
-            .bind::<BigInt, _>(cursor.ts_us)
-            .bind::<Varchar, _>(cursor.metric.clone());
-    }
+        let union = vec![format!("({part})"); parts.len()].join(" UNION ALL ");
+        format!("{union} ORDER BY ts_us {order}, metric {order} LIMIT ?")
+    };
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
-    query = query.bind::<BigInt, _>(fetch);
+    let mut query: BoxedSqlQuery<'_, Mysql, _> = diesel::sql_query(sql).into_boxed();
+    for (metric, lo, hi) in &parts {
+        query = selection.device.bind(query);
+        query = query
+            .bind::<Varchar, _>(metric.to_string())
+            .bind::<BigInt, _>(*lo)
+            .bind::<BigInt, _>(*hi)
+            .bind::<BigInt, _>(fetch);
+    }
+    if parts.len() > 1 {
+        query = query.bind::<BigInt, _>(fetch);
+    }
     let mut rows: Vec<Point> = query.load(conn).await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     Ok((rows, more))
 }
 
-/// The newest reading of each metric: the inner MAX per metric is a loose index scan, the
-/// join back is a primary-key lookup per metric.
-pub async fn latest(conn: &mut AsyncMysqlConnection, device_pk: u64) -> Result<Vec<Point>> {
+/// The newest reading of each metric in one query: the inner MAX per (device, metric) is a
+/// loose index scan, the join back a primary-key lookup per metric. Empty when the device has
+/// no readings or does not exist.
+pub async fn latest(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Vec<Point>> {
     Ok(diesel::sql_query(
         "SELECT r.metric AS metric, r.ts_us AS ts_us, r.value AS value \
-         FROM (SELECT metric, MAX(ts_us) AS ts_us FROM readings WHERE device_pk = ? GROUP BY metric) m \
-         JOIN readings r ON r.device_pk = ? AND r.metric = m.metric AND r.ts_us = m.ts_us \
+         FROM (SELECT device_pk, metric, MAX(ts_us) AS ts_us FROM readings \
+               WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) GROUP BY device_pk, metric) m \
+         JOIN readings r ON r.device_pk = m.device_pk AND r.metric = m.metric AND r.ts_us = m.ts_us \
          ORDER BY r.metric",
     )
-    .bind::<Unsigned<BigInt>, _>(device_pk)
-    .bind::<Unsigned<BigInt>, _>(device_pk)
+    .bind::<Varchar, _>(device_id)
     .load(conn)
     .await?)
 }

@@ -15,7 +15,7 @@ use crate::{
     devices::{self, DeviceRow},
     error::{Result, StorageError},
     metrics::Metrics,
-    readings::{self, Cursor, Selection},
+    readings::{self, Cursor, DeviceKey, Selection},
     users::{self, Passwords, UserRow, micros},
     validate,
 };
@@ -118,21 +118,22 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
 }
 
 impl StorageApi {
+    /// Which device and metrics a range read covers; NOT_FOUND for an unknown device.
     async fn selection(&self, request: &RangeRequest) -> Result<Selection> {
-        let metrics = match &request.metric {
-            Some(metric) => vec![metric.clone()],
+        let (device, metrics) = match &request.metric {
+            // One metric: the page query itself resolves the device (see DeviceKey).
+            Some(metric) => (DeviceKey::Id(request.device_id.clone()), vec![metric.clone()]),
             None => {
                 let mut conn = self.db.conn().await?;
-                let metrics = readings::metrics_of(&mut conn, &request.device_id).await?;
-                if metrics.is_empty() {
-                    // No readings at all: say NOT_FOUND if the device itself is missing.
-                    devices::pk(&mut conn, &request.device_id).await?;
+                match readings::metrics_of(&mut conn, &request.device_id).await? {
+                    Some((pk, metrics)) => (DeviceKey::Pk(pk), metrics),
+                    // No readings at all: NOT_FOUND if the device itself is missing.
+                    None => (DeviceKey::Pk(devices::pk(&mut conn, &request.device_id).await?), Vec::new()),
                 }
-                metrics
             }
         };
         Ok(Selection {
-            device_id: request.device_id.clone(),
+            device,
             metrics,
             from_us: request.from_us,
             to_us: request.to_us,
@@ -144,7 +145,7 @@ impl StorageApi {
         let selection = self.selection(&request).await?;
         let mut conn = self.db.conn().await?;
         let (points, more) = readings::page(&mut conn, &selection, request.cursor.as_ref(), request.limit).await?;
-        if points.is_empty() && request.metric.is_some() {
+        if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
             devices::pk(&mut conn, &request.device_id).await?;
         }
         let next_cursor = match (more, points.last()) {
@@ -477,8 +478,11 @@ impl StorageService for StorageApi {
                 .db
                 .bounded(async {
                     let mut conn = self.db.conn().await?;
-                    let pk = devices::pk(&mut conn, &request.device_id).await?;
-                    readings::latest(&mut conn, pk).await
+                    let points = readings::latest(&mut conn, &request.device_id).await?;
+                    if points.is_empty() {
+                        devices::pk(&mut conn, &request.device_id).await?;
+                    }
+                    Ok(points)
                 })
                 .await?;
             Ok(pb::LatestReadingsResponse { readings: points.into_iter().map(point_to_pb).collect() })
