@@ -6,7 +6,8 @@
 #      against current Kubernetes versions (CRDs without a bundled schema, i.e. the
 #      prometheus-operator ServiceMonitor, are the only objects allowed to go unchecked)
 #   3. negative checks: values that values.schema.json must reject
-#   4. deploy/Dockerfile parses and has the expected shape (dockerfile-parse)
+#   4. values.schema.json and the Grafana dashboard match their generators
+#   5. deploy/Dockerfile parses and has the expected shape (dockerfile-parse)
 # The property tests of the rendered objects are Rust tests: cargo nextest run -p iot-chart-tests
 # (scripts/test.sh runs them with the rest of the workspace). Pass --with-tests to run them here.
 #
@@ -82,6 +83,15 @@ for bad in "${bad_values[@]}"; do
     cat "$OUT/neg.log" >&2; fail "--set $bad failed, but not because of the schema"
   fi
 done
+
+# Generated files are up to date with their generators.
+"$PY" "$CHART/values.schema.gen.py" "$OUT/values.schema.json" >/dev/null
+python3 "$CHART/dashboards/generate.py" "$OUT/iot-telemetry.json" >/dev/null
+if cmp -s "$OUT/values.schema.json" "$CHART/values.schema.json" && cmp -s "$OUT/iot-telemetry.json" "$CHART/dashboards/iot-telemetry.json"; then
+  pass "values.schema.json and the dashboard match their generators"
+else
+  fail "values.schema.json or dashboards/iot-telemetry.json is stale: re-run values.schema.gen.py / dashboards/generate.py"
+fi
 
 # deploy/Dockerfile: parses, one parameterised build, non-root numeric user, one binary.
 if "$PY" - "$ROOT/deploy/Dockerfile" <<'PYEOF'

@@ -4,10 +4,11 @@
 Every key in values.yaml becomes a property of the type of its default; objects with keys are
 closed (additionalProperties: false), so a misspelt key fails `helm lint`/`install`.
 Free-form blocks (labels, annotations, resources, probes, scheduling) stay open.
-Run: .tools/venv/bin/python helm/iot-telemetry/values.schema.gen.py
+Run: .tools/venv/bin/python helm/iot-telemetry/values.schema.gen.py [OUTPUT]
 """
 import json
 import pathlib
+import sys
 
 import yaml
 
@@ -166,6 +167,6 @@ root.update({
         {"if": when_true("jaeger", "enabled"), "then": when_true("otelCollector", "enabled")},
     ],
 })
-out = HERE / "values.schema.json"
+out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "values.schema.json"
 out.write_text(json.dumps(root, indent=2) + "\n")
 print(f"wrote {out}")

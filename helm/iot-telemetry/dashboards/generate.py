@@ -8,6 +8,7 @@ check that every metric the dashboard queries exists in the services' code.
 """
 import json
 import pathlib
+import sys
 
 SEL = 'namespace=~"$namespace"'
 RATE = "$__rate_interval"
@@ -152,6 +153,6 @@ dashboard = {
     "panels": panels,
 }
 
-out = pathlib.Path(__file__).with_name("iot-telemetry.json")
+out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).with_name("iot-telemetry.json")
 out.write_text(json.dumps(dashboard, indent=2) + "\n")
 print(f"wrote {out} ({len(panels)} panels)")
