@@ -5,22 +5,35 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool::Runtime;
 use diesel::{QueryableByName, sql_types::BigInt};
+use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use diesel_async::{
     AsyncMysqlConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool::Pool},
+    pooled_connection::{PoolError as ConnPoolError, PoolableConnection},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use futures::FutureExt as _;
 use mysql_async::prelude::Queryable as _;
 
 use crate::error::{Result, StorageError};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-pub type DbPool = Pool<AsyncMysqlConnection>;
-pub type DbConn = deadpool::managed::Object<AsyncDieselConnectionManager<AsyncMysqlConnection>>;
+pub type DbPool = deadpool::managed::Pool<MysqlManager>;
+pub type DbConn = deadpool::managed::Object<MysqlManager>;
 
+/// Same shape as diesel-async's helper: lets `run` demand a `Send` future from an async closure
+/// that borrows the connection, which tonic's handlers need.
+pub trait AsyncFunc<T, R>: AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut {
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> AsyncFunc<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
 /// The pool plus the bound every database round of one request must finish within.
 #[derive(Clone)]
 pub struct Db {
@@ -41,6 +54,25 @@ impl Db {
         Ok(self.pool.get().await?)
     }
 
+    /// Runs `work` on a pooled connection within the query timeout. A connection whose work
+    /// failed for connection reasons or was cut short by the timeout (its protocol state is then
+    /// unknown) is dropped from the pool instead of being handed to the next request.
+    pub async fn run<T, F>(&self, work: F) -> Result<T>
+    where
+        for<'r> F: AsyncFnOnce(&'r mut AsyncMysqlConnection) -> Result<T>
+            + AsyncFunc<&'r mut AsyncMysqlConnection, Result<T>, Fut: Send>
+            + Send,
+        T: Send,
+    {
+        let mut checkout = Checkout { conn: Some(self.conn().await?), keep: false };
+        let Some(conn) = checkout.conn.as_mut() else {
+            return Err(StorageError::Unexpected(anyhow::anyhow!("checked-out connection missing")));
+        };
+        let result = self.bounded(work(conn)).await;
+        checkout.keep = !matches!(result, Err(StorageError::Unavailable(_)));
+        result
+    }
+
     /// Runs `work` (usually a few queries on one pooled connection) with the query timeout,
     /// so that a database that stops answering gives UNAVAILABLE instead of a hung call.
     pub async fn bounded<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -50,6 +82,25 @@ impl Db {
                 "the database did not answer within {:?}",
                 self.query_timeout
             ))),
+        }
+    }
+}
+
+/// A connection on loan to one request. Unless the request finished in a known state, the
+/// connection is closed rather than returned: that covers failures, timeouts, and the request
+/// future being dropped halfway through a query (a client that cancels its call), after which
+/// the connection's protocol state is unknown.
+struct Checkout {
+    conn: Option<DbConn>,
+    keep: bool,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Some(conn) = self.conn.take()
+        {
+            drop(DbConn::take(conn));
         }
     }
 }
@@ -78,19 +129,44 @@ async fn establish(url: String) -> diesel::ConnectionResult<AsyncMysqlConnection
     AsyncMysqlConnection::try_from(conn).await
 }
 
+/// Connections for the pool. A connection idle for a while is pinged before reuse (the server
+/// may have closed it, or gone away and come back); one in steady use is not, which saves a
+/// round trip per request. A connection that fails in use is dropped by `Db::run`.
+pub struct MysqlManager {
+    url: String,
+    verify_after_idle: Duration,
+}
+
+impl Manager for MysqlManager {
+    type Type = AsyncMysqlConnection;
+    type Error = ConnPoolError;
+
+    async fn create(&self) -> Result<AsyncMysqlConnection, ConnPoolError> {
+        establish(self.url.clone()).await.map_err(ConnPoolError::ConnectionError)
+    }
+
+    async fn recycle(&self, conn: &mut AsyncMysqlConnection, metrics: &Metrics) -> RecycleResult<ConnPoolError> {
+        if conn.is_broken() {
+            return Err(RecycleError::message("connection left in a broken transaction state"));
+        }
+        if metrics.last_used() >= self.verify_after_idle {
+            diesel::sql_query("SELECT 1")
+                .execute(conn)
+                .await
+                .map_err(|e| RecycleError::Backend(ConnPoolError::QueryError(e)))?;
+        }
+        Ok(())
+    }
+}
+
 pub struct PoolSettings {
     pub max_size: usize,
     pub connect_timeout: Duration,
 }
 
 pub fn build_pool(url: &str, settings: &PoolSettings) -> anyhow::Result<DbPool> {
-    let mut manager_config = ManagerConfig::<AsyncMysqlConnection>::default();
-    manager_config.custom_setup = Box::new(|url| establish(url.to_string()).boxed());
-    // Each checkout pings the connection: a connection that died while the database was away
-    // is dropped and replaced instead of failing the next request.
-    manager_config.recycling_method = RecyclingMethod::Verified;
-    let manager = AsyncDieselConnectionManager::<AsyncMysqlConnection>::new_with_config(url, manager_config);
-    Pool::builder(manager)
+    let manager = MysqlManager { url: url.to_string(), verify_after_idle: Duration::from_secs(1) };
+    DbPool::builder(manager)
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.connect_timeout))
         .create_timeout(Some(settings.connect_timeout))
@@ -171,9 +247,8 @@ pub async fn run_migrations(url: &str, timeout: Duration) -> anyhow::Result<()> 
 
 /// Used by /readyz: one round trip on a pooled connection.
 pub async fn ping(db: &Db) -> Result<()> {
-    db.bounded(async {
-        let mut conn = db.conn().await?;
-        diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    db.run(async |conn| {
+        diesel::sql_query("SELECT 1").execute(conn).await?;
         Ok(())
     })
     .await

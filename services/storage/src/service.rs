@@ -8,6 +8,7 @@ use iot_proto::storage::v1::{
     self as pb, get_user_request, storage_service_server::StorageService,
 };
 use tokio_stream::wrappers::ReceiverStream;
+use diesel_async::AsyncMysqlConnection;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -117,43 +118,31 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
     })
 }
 
-impl StorageApi {
-    /// Which device and metrics a range read covers; NOT_FOUND for an unknown device.
-    async fn selection(&self, request: &RangeRequest) -> Result<Selection> {
-        let (device, metrics) = match &request.metric {
-            // One metric: the page query itself resolves the device (see DeviceKey).
-            Some(metric) => (DeviceKey::Id(request.device_id.clone()), vec![metric.clone()]),
-            None => {
-                let mut conn = self.db.conn().await?;
-                match readings::metrics_of(&mut conn, &request.device_id).await? {
-                    Some((pk, metrics)) => (DeviceKey::Pk(pk), metrics),
-                    // No readings at all: NOT_FOUND if the device itself is missing.
-                    None => (DeviceKey::Pk(devices::pk(&mut conn, &request.device_id).await?), Vec::new()),
-                }
-            }
-        };
-        Ok(Selection {
-            device,
-            metrics,
-            from_us: request.from_us,
-            to_us: request.to_us,
-            descending: request.descending,
-        })
-    }
+/// Which device and metrics a range read covers; NOT_FOUND for an unknown device.
+async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<Selection> {
+    let (device, metrics) = match &request.metric {
+        // One metric: the page query itself resolves the device (see DeviceKey).
+        Some(metric) => (DeviceKey::Id(request.device_id.clone()), vec![metric.clone()]),
+        None => match readings::metrics_of(conn, &request.device_id).await? {
+            Some((pk, metrics)) => (DeviceKey::Pk(pk), metrics),
+            // No readings at all: NOT_FOUND if the device itself is missing.
+            None => (DeviceKey::Pk(devices::pk(conn, &request.device_id).await?), Vec::new()),
+        },
+    };
+    Ok(Selection { device, metrics, from_us: request.from_us, to_us: request.to_us, descending: request.descending })
+}
 
-    async fn query_page(&self, request: RangeRequest) -> Result<pb::QueryReadingsResponse> {
-        let selection = self.selection(&request).await?;
-        let mut conn = self.db.conn().await?;
-        let (points, more) = readings::page(&mut conn, &selection, request.cursor.as_ref(), request.limit).await?;
-        if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
-            devices::pk(&mut conn, &request.device_id).await?;
-        }
-        let next_cursor = match (more, points.last()) {
-            (true, Some(last)) => Cursor { ts_us: last.ts_us, metric: last.metric.clone() }.encode(),
-            _ => String::new(),
-        };
-        Ok(pb::QueryReadingsResponse { readings: points.into_iter().map(point_to_pb).collect(), next_cursor })
+async fn query_page(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<pb::QueryReadingsResponse> {
+    let selection = selection(conn, request).await?;
+    let (points, more) = readings::page(conn, &selection, request.cursor.as_ref(), request.limit).await?;
+    if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
+        devices::pk(conn, &request.device_id).await?;
     }
+    let next_cursor = match (more, points.last()) {
+        (true, Some(last)) => Cursor { ts_us: last.ts_us, metric: last.metric.clone() }.encode(),
+        _ => String::new(),
+    };
+    Ok(pb::QueryReadingsResponse { readings: points.into_iter().map(point_to_pb).collect(), next_cursor })
 }
 
 #[tonic::async_trait]
@@ -166,12 +155,11 @@ impl StorageService for StorageApi {
             let hash = self.passwords.hash(request.password).await?;
             let row = self
                 .db
-                .bounded(async {
-                    let mut conn = self.db.conn().await?;
+                .run(async |conn| {
                     if request.only_if_first {
-                        users::create_first(&mut conn, &request.username, &hash).await
+                        users::create_first(conn, &request.username, &hash).await
                     } else {
-                        users::create(&mut conn, &request.username, &hash, request.is_admin).await
+                        users::create(conn, &request.username, &hash, request.is_admin).await
                     }
                 })
                 .await?;
@@ -191,12 +179,7 @@ impl StorageService for StorageApi {
             // still pays for one hash so that its timing says nothing either.
             let well_formed = validate::username(&request.username).is_ok() && request.password.len() <= 1024;
             let row = if well_formed {
-                self.db
-                    .bounded(async {
-                        let mut conn = self.db.conn().await?;
-                        users::by_username(&mut conn, &request.username).await
-                    })
-                    .await?
+                self.db.run(async |conn| users::by_username(conn, &request.username).await).await?
             } else {
                 None
             };
@@ -212,14 +195,14 @@ impl StorageService for StorageApi {
             let row = match request.key {
                 Some(get_user_request::Key::Id(id)) => {
                     self.db
-                        .bounded(async { users::by_id(&mut *self.db.conn().await?, id).await })
+                        .run(async |conn| users::by_id(conn, id).await)
                         .await?
                         .ok_or_else(|| StorageError::not_found(format!("user {id} not found")))?
                 }
                 Some(get_user_request::Key::Username(username)) => {
                     validate::username(&username)?;
                     self.db
-                        .bounded(async { users::by_username(&mut *self.db.conn().await?, &username).await })
+                        .run(async |conn| users::by_username(conn, &username).await)
                         .await?
                         .ok_or_else(|| StorageError::not_found(format!("user {username:?} not found")))?
                 }
@@ -240,7 +223,7 @@ impl StorageService for StorageApi {
                 return Err(StorageError::invalid("id: required"));
             }
             let deleted =
-                self.db.bounded(async { users::delete(&mut *self.db.conn().await?, request.id).await }).await?;
+                self.db.run(async |conn| users::delete(conn, request.id).await).await?;
             if !deleted {
                 return Err(StorageError::not_found(format!("user {} not found", request.id)));
             }
@@ -255,7 +238,7 @@ impl StorageService for StorageApi {
         _request: Request<pb::CountUsersRequest>,
     ) -> Result<Response<pb::CountUsersResponse>, Status> {
         self.observe("CountUsers", async {
-            let count = self.db.bounded(async { users::count(&mut *self.db.conn().await?).await }).await?;
+            let count = self.db.run(async |conn| users::count(conn).await).await?;
             Ok(pb::CountUsersResponse { count })
         })
         .await
@@ -272,9 +255,9 @@ impl StorageService for StorageApi {
             validate::attributes_json(&request.attributes_json)?;
             let row = self
                 .db
-                .bounded(async {
+                .run(async |conn| {
                     devices::create(
-                        &mut *self.db.conn().await?,
+                        conn,
                         &request.device_id,
                         request.owner_id,
                         &request.name,
@@ -295,7 +278,7 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let row = self
                 .db
-                .bounded(async { devices::by_device_id(&mut *self.db.conn().await?, &request.device_id).await })
+                .run(async |conn| devices::by_device_id(conn, &request.device_id).await)
                 .await?
                 .ok_or_else(|| StorageError::not_found(format!("device {:?} not found", request.device_id)))?;
             Ok(device_to_pb(row))
@@ -317,9 +300,7 @@ impl StorageService for StorageApi {
             let owner = (request.owner_id != 0).then_some(request.owner_id);
             let (rows, more) = self
                 .db
-                .bounded(async {
-                    devices::list(&mut *self.db.conn().await?, owner, after.as_deref(), i64::from(page_size)).await
-                })
+                .run(async |conn| devices::list(conn, owner, after.as_deref(), i64::from(page_size)).await)
                 .await?;
             let next_page_token = match (more, rows.last()) {
                 (true, Some(last)) => encode_page_token(&last.device_id),
@@ -342,9 +323,9 @@ impl StorageService for StorageApi {
             }
             let row = self
                 .db
-                .bounded(async {
+                .run(async |conn| {
                     devices::update(
-                        &mut *self.db.conn().await?,
+                        conn,
                         &request.device_id,
                         request.name.as_deref(),
                         request.attributes_json.as_deref(),
@@ -366,7 +347,7 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let deleted = self
                 .db
-                .bounded(async { devices::delete(&mut *self.db.conn().await?, &request.device_id).await })
+                .run(async |conn| devices::delete(conn, &request.device_id).await)
                 .await?;
             if !deleted {
                 return Err(StorageError::not_found(format!("device {:?} not found", request.device_id)));
@@ -386,7 +367,7 @@ impl StorageService for StorageApi {
             readings::validate_batch(&request.readings)?;
             let outcome = self
                 .db
-                .bounded(async { readings::write(&mut *self.db.conn().await?, &request.readings).await })
+                .run(async |conn| readings::write(conn, &request.readings).await)
                 .await?;
             self.metrics.readings_inserted.inc_by(outcome.inserted);
             self.metrics.readings_duplicates.inc_by(outcome.duplicates);
@@ -414,7 +395,7 @@ impl StorageService for StorageApi {
         let request = request.into_inner();
         self.observe("QueryReadings", async {
             let range = range_request(&request)?;
-            self.db.bounded(self.query_page(range)).await
+            self.db.run(async |conn| query_page(conn, &range).await).await
         })
         .await
     }
@@ -428,7 +409,7 @@ impl StorageService for StorageApi {
         let request = request.into_inner();
         self.observe("StreamReadings", async {
             let range = range_request(&request)?;
-            let selection = self.db.bounded(self.selection(&range)).await?;
+            let selection = self.db.run(async |conn| selection(conn, &range).await).await?;
             // Two chunks in flight: the next page is read while the client takes the last one.
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             let db = self.db.clone();
@@ -437,10 +418,7 @@ impl StorageService for StorageApi {
                 loop {
                     // A connection per page: a slow reader must not hold one for the whole stream.
                     let page = db
-                        .bounded(async {
-                            let mut conn = db.conn().await?;
-                            readings::page(&mut conn, &selection, cursor.as_ref(), range.limit).await
-                        })
+                        .run(async |conn| readings::page(conn, &selection, cursor.as_ref(), range.limit).await)
                         .await;
                     match page {
                         Ok((points, more)) => {
@@ -476,11 +454,10 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let points = self
                 .db
-                .bounded(async {
-                    let mut conn = self.db.conn().await?;
-                    let points = readings::latest(&mut conn, &request.device_id).await?;
+                .run(async |conn| {
+                    let points = readings::latest(conn, &request.device_id).await?;
                     if points.is_empty() {
-                        devices::pk(&mut conn, &request.device_id).await?;
+                        devices::pk(conn, &request.device_id).await?;
                     }
                     Ok(points)
                 })
@@ -507,10 +484,9 @@ impl StorageService for StorageApi {
             let to_us = validate::range(request.from_us, request.to_us)?;
             let rows = self
                 .db
-                .bounded(async {
-                    let mut conn = self.db.conn().await?;
-                    let pk = devices::pk(&mut conn, &request.device_id).await?;
-                    readings::aggregate(&mut conn, pk, &request.metric, request.from_us, to_us, request.bucket_us).await
+                .run(async |conn| {
+                    let pk = devices::pk(conn, &request.device_id).await?;
+                    readings::aggregate(conn, pk, &request.metric, request.from_us, to_us, request.bucket_us).await
                 })
                 .await?;
             let buckets = rows
@@ -544,10 +520,9 @@ impl StorageService for StorageApi {
             let to_us = validate::range(request.from_us, request.to_us)?;
             let deleted = self
                 .db
-                .bounded(async {
-                    let mut conn = self.db.conn().await?;
-                    let pk = devices::pk(&mut conn, &request.device_id).await?;
-                    readings::delete(&mut conn, pk, metric, request.from_us, to_us).await
+                .run(async |conn| {
+                    let pk = devices::pk(conn, &request.device_id).await?;
+                    readings::delete(conn, pk, metric, request.from_us, to_us).await
                 })
                 .await?;
             Ok(pb::DeleteReadingsResponse { deleted })
