@@ -1,12 +1,12 @@
-//! A TCP proxy in front of a real server (MariaDB, Redis, a broker) that a test can cut and
-//! restore, to see how a service behaves while its dependency is unreachable, without
-//! stopping the shared server every other test uses.
+//! A TCP proxy in front of a real server (MariaDB, Redis, a broker) that a test can cut,
+//! stall and restore, to see how a service behaves while its dependency is unreachable or
+//! silent, without stopping the shared server every other test uses.
 
 use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
 };
 
@@ -17,12 +17,25 @@ use tokio::{
     task::JoinHandle,
 };
 
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const STALLED: u8 = 2;
+
 struct Shared {
     upstream: String,
-    cut: AtomicBool,
-    /// Bumped by `cut()`; every forwarding task watches it and closes its sockets on a change.
+    mode: AtomicU8,
+    /// Bumped on every mode change; every connection task watches it.
     epoch: watch::Sender<u64>,
     accepted: AtomicUsize,
+}
+
+impl Shared {
+    fn set_mode(&self, mode: u8) {
+        // Only a real change interrupts the connections.
+        if self.mode.swap(mode, Ordering::SeqCst) != mode {
+            self.epoch.send_modify(|epoch| *epoch += 1);
+        }
+    }
 }
 
 /// Listens on a free port of 127.0.0.1 and forwards every connection to `upstream`.
@@ -40,7 +53,7 @@ impl TcpProxy {
         let (epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
-            cut: AtomicBool::new(false),
+            mode: AtomicU8::new(OPEN),
             epoch,
             accepted: AtomicUsize::new(0),
         });
@@ -48,14 +61,18 @@ impl TcpProxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
-                if accept_shared.cut.load(Ordering::SeqCst) {
+                match accept_shared.mode.load(Ordering::SeqCst) {
                     // Refused: the client sees its connection closed at once, as with a
                     // server that is down, and the port stays ours for the restore.
-                    drop(client);
-                    continue;
+                    CUT => drop(client),
+                    STALLED => {
+                        tokio::spawn(hold(client, accept_shared.epoch.subscribe()));
+                    }
+                    _ => {
+                        accept_shared.accepted.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(forward(client, accept_shared.clone()));
+                    }
                 }
-                accept_shared.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(forward(client, accept_shared.clone()));
             }
         });
         Self { port, shared, task }
@@ -78,16 +95,22 @@ impl TcpProxy {
 
     /// Closes every forwarded connection and refuses new ones until `restore()`.
     pub fn cut(&self) {
-        self.shared.cut.store(true, Ordering::SeqCst);
-        self.shared.epoch.send_modify(|epoch| *epoch += 1);
+        self.shared.set_mode(CUT);
     }
 
+    /// A silent server: connections stay open but nothing is forwarded any more, and new ones
+    /// are accepted and then ignored, until `restore()` or `cut()` (which close them).
+    pub fn stall(&self) {
+        self.shared.set_mode(STALLED);
+    }
+
+    /// Forwards new connections again.
     pub fn restore(&self) {
-        self.shared.cut.store(false, Ordering::SeqCst);
+        self.shared.set_mode(OPEN);
     }
 
     pub fn is_cut(&self) -> bool {
-        self.shared.cut.load(Ordering::SeqCst)
+        self.shared.mode.load(Ordering::SeqCst) == CUT
     }
 
     /// Connections forwarded so far.
@@ -99,8 +122,8 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
-        // Closes the forwarded connections too.
-        self.shared.epoch.send_modify(|epoch| *epoch += 1);
+        // Closes the connections too.
+        self.shared.set_mode(CUT);
     }
 }
 
@@ -110,10 +133,21 @@ async fn forward(mut client: TcpStream, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     tokio::select! {
-        _ = copy_bidirectional(&mut client, &mut server) => {}
+        _ = copy_bidirectional(&mut client, &mut server) => return,
         _ = epoch.changed() => {}
     }
+    // The copy was interrupted, so bytes may be lost: this connection can only end now.
+    if shared.mode.load(Ordering::SeqCst) == STALLED {
+        // A silent server: keep both sockets open and answer nothing until the next change.
+        let _ = epoch.changed().await;
+    }
     // Dropping both streams closes them.
+}
+
+/// A connection accepted while stalled: open, unanswered, closed at the next mode change.
+async fn hold(client: TcpStream, mut epoch: watch::Receiver<u64>) {
+    let _ = epoch.changed().await;
+    drop(client);
 }
 
 /// `host:port` of a `scheme://[user[:password]@]host:port[/path]` URL.

@@ -140,3 +140,41 @@ async fn start_without_a_database_fails_in_bounded_time() {
     assert!(result.is_err());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// A database that stops answering without closing anything (a network partition, a hung
+/// server): calls end UNAVAILABLE after the configured bounds instead of hanging, and the
+/// service recovers once it answers again.
+#[tokio::test]
+async fn a_silent_database_gives_unavailable_within_the_bounds() {
+    let db = TestDatabase::create().await;
+    let proxy = TcpProxy::to_mysql().await;
+    let mut config = Config::for_tests(proxy.url_via(&db.url));
+    config.db_connect_timeout = 1.0;
+    config.db_query_timeout = 1.5;
+    let running = start(config).await;
+    let mut client = connect(running.grpc_addr).await;
+    assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
+
+    proxy.stall();
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(20), client.count_users(pb::CountUsersRequest {}))
+            .await
+            .expect("a call hung on a silent database");
+        let status = result.expect_err("the database is silent");
+        assert_eq!(status.code(), Code::Unavailable, "attempt {attempt}: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "attempt {attempt} took {:?}", started.elapsed());
+    }
+
+    proxy.restore();
+    let count = eventually("storage serves again after the database answers", Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move { client.count_users(pb::CountUsersRequest {}).await.ok() }
+    })
+    .await
+    .into_inner()
+    .count;
+    assert_eq!(count, 0);
+    running.shutdown.cancel();
+    running.task.await.unwrap().unwrap();
+}
