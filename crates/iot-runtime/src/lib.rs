@@ -5,6 +5,7 @@ pub mod grpc;
 pub mod logging;
 pub mod ops;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use ops::{OpsServer, ReadinessCheck};
 pub use shutdown::shutdown_signal;

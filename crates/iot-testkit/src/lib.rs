@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed set-up should fail the test loudly
 
+pub mod otlp;
 pub mod proxy;
 pub mod redis;
 
