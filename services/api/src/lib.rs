@@ -1,3 +1,4 @@
+#![recursion_limit = "512"]
 //! The api service: REST (JSON/CSV/PNG/HTML) over storage and session gRPC, server-rendered
 //! pages, and a live Server-Sent Events stream fed by one MQTT subscription.
 

@@ -1,0 +1,11 @@
+//! End-to-end tests of the api over real HTTP, against real storage (MariaDB), session
+//! (Redis) processes and a private Mosquitto.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
+mod devices;
+mod errors;
+mod helpers;
+mod live;
+mod pages;
+mod readings;
