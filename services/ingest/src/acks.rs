@@ -12,7 +12,7 @@
 //! redelivers those messages, storage deduplicates them).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     sync::{Mutex, MutexGuard},
 };
 
@@ -31,6 +31,8 @@ struct AckState {
     generation: u64,
     next_seq: u64,
     done: BTreeMap<u64, Publish>,
+    /// Acks due but not yet accepted by rumqttc's request channel (full), oldest first.
+    unsent: VecDeque<Publish>,
     /// Messages of every generation received and not yet done (drain waits for 0).
     held: u64,
 }
@@ -61,6 +63,7 @@ impl Acker {
         state.generation += 1;
         state.next_seq = 0;
         state.done.clear();
+        state.unsent.clear();
         state.generation
     }
 
@@ -77,17 +80,42 @@ impl Acker {
             let next = state.next_seq;
             let Some(publish) = state.done.remove(&next) else { break };
             state.next_seq += 1;
-            // The request channel holds more than the receive maximum, so it is never full
-            // within one generation; a closed channel means the event loop is gone, and then
-            // the broker redelivers.
+            state.unsent.push_back(publish);
+        }
+        self.send(&mut state);
+    }
+
+    /// Retries acks that found the request channel full. The channel is sized above the
+    /// receive maximum, but Mosquitto 2.0 can overshoot that window during bursts, and a
+    /// dropped ack would pin its message (and a window slot) until the next reconnect.
+    pub fn flush(&self) {
+        let mut state = self.lock();
+        if !state.unsent.is_empty() {
+            self.send(&mut state);
+        }
+    }
+
+    fn send(&self, state: &mut AckState) {
+        while let Some(publish) = state.unsent.pop_front() {
             match self.client.try_ack(&publish) {
                 Ok(()) => self.metrics.messages_acked.inc(),
-                Err(e) => tracing::warn!(error = %e, pkid = publish.pkid, "cannot queue PUBACK"),
+                Err(e) => {
+                    // Full (or the event loop is gone, and then the broker redelivers).
+                    tracing::debug!(error = %e, pkid = publish.pkid, "PUBACK deferred");
+                    state.unsent.push_front(publish);
+                    break;
+                }
             }
         }
     }
 
     pub fn held(&self) -> u64 {
         self.lock().held
+    }
+
+    /// Nothing held and every ack handed to rumqttc (drain is complete).
+    pub fn idle(&self) -> bool {
+        let state = self.lock();
+        state.held == 0 && state.unsent.is_empty()
     }
 }

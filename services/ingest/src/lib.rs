@@ -78,7 +78,7 @@ impl Application {
 
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(
             mqtt::options(&config, client_id.clone()),
-            usize::from(config.receive_maximum) + 64,
+            usize::from(config.receive_maximum) * 2 + 64,
         );
         let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
         let shared = Arc::new(MqttShared::default());
@@ -100,6 +100,17 @@ impl Application {
             storage_timeout: Duration::from_millis(config.storage_timeout_ms),
         };
         let pipeline_task = tokio::spawn(pipeline.run(rx));
+        let ack_retry = acker.clone();
+        let ack_retry_stop = hard_stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => ack_retry.flush(),
+                    _ = ack_retry_stop.cancelled() => return,
+                }
+            }
+        });
         let eventloop_task = tokio::spawn(
             EventLoopTask {
                 eventloop,
@@ -162,7 +173,7 @@ impl Application {
         let drained = loop {
             let last_publish = Duration::from_millis(shared.last_publish_ms.load(Ordering::SeqCst));
             let quiet_for = started.elapsed().saturating_sub(last_publish);
-            if shared.unsubscribed.load(Ordering::SeqCst) && acker.held() == 0 && quiet_for >= quiet {
+            if shared.unsubscribed.load(Ordering::SeqCst) && acker.idle() && quiet_for >= quiet {
                 break true;
             }
             if Instant::now() >= deadline {

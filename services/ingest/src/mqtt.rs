@@ -50,9 +50,9 @@ pub fn options(config: &Config, client_id: String) -> MqttOptions {
         .set_session_expiry_interval(Some(config.session_expiry_secs))
         .set_receive_maximum(Some(config.receive_maximum))
         .set_manual_acks(true)
-        // Room for every ack of one generation plus (un)subscribe and disconnect, so that
-        // `try_ack` never finds the channel full (see acks.rs).
-        .set_request_channel_capacity(usize::from(config.receive_maximum) + 64)
+        // Room for the acks of a whole window plus (un)subscribe and disconnect, so that
+        // `try_ack` rarely finds the channel full (acks.rs retries when it does).
+        .set_request_channel_capacity(usize::from(config.receive_maximum) * 2 + 64)
         // Payloads larger than the limit are still read (and rejected with a reason) up to
         // twice the limit; beyond that the packet is refused by the client itself.
         .set_max_packet_size(Some(u32::try_from(config.max_payload_bytes.saturating_mul(2) + 4096).unwrap_or(u32::MAX)));
