@@ -94,6 +94,8 @@ pub fn render_png(title: &str, points: &[ReadingPoint], width: u32, height: u32)
             let format = time_format((x1 - x0).num_microseconds().unwrap_or(i64::MAX));
             let mut chart = ChartBuilder::on(panel)
                 .margin(8)
+                // Room for the last time label, which is centred on the right edge.
+                .margin_right(28)
                 .x_label_area_size(40)
                 .y_label_area_size(64)
                 .build_cartesian_2d(x0..x1, y0..y1)

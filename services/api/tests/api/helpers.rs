@@ -20,6 +20,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub ops: String,
     pub storage_url: String,
+    pub storage_addr: SocketAddr,
     pub broker: Mosquitto,
     pub db: TestDatabase,
     storage: ChildGuard,
@@ -29,33 +30,43 @@ pub struct TestApp {
 }
 
 fn log_file(dir: &std::path::Path, name: &str) -> std::fs::File {
-    std::fs::File::create(dir.join(name)).unwrap()
+    std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap()
+}
+
+fn start_storage(db_url: &str, addr: SocketAddr, dir: &std::path::Path) -> ChildGuard {
+    let storage = Command::new(workspace_bin("iot-storage"))
+        .env("STORAGE_DATABASE_URL", db_url)
+        .env("STORAGE_GRPC_ADDR", addr.to_string())
+        .env("STORAGE_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("STORAGE_DB_POOL_SIZE", "4")
+        .stdout(Stdio::null())
+        .stderr(log_file(dir, "storage.log"))
+        .spawn()
+        .unwrap();
+    ChildGuard(Some(storage))
 }
 
 /// Real storage (own MariaDB database) and session (own Redis key prefix) processes, a private
 /// Mosquitto, and the api in this process on port 0.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// As `spawn_app`, with extra environment for the session service (e.g. short expiries).
+pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create().await;
     let broker = Mosquitto::start("allow_anonymous true").await;
 
     let storage_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let storage = Command::new(workspace_bin("iot-storage"))
-        .env("STORAGE_DATABASE_URL", &db.url)
-        .env("STORAGE_GRPC_ADDR", storage_addr.to_string())
-        .env("STORAGE_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("STORAGE_DB_POOL_SIZE", "4")
-        .stdout(Stdio::null())
-        .stderr(log_file(dir.path(), "storage.log"))
-        .spawn()
-        .unwrap();
-    let storage = ChildGuard(Some(storage));
+    let storage = start_storage(&db.url, storage_addr, dir.path());
 
     let session_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let session = Command::new(workspace_bin("iot-session"))
         .env("SESSION_REDIS_URL", iot_testkit::redis_url())
         .env("SESSION_KEY_PREFIX", format!("iot:test:api:{}:", unique_suffix()))
         .env("SESSION_GRPC_ADDR", session_addr.to_string())
+        .envs(session_env.iter().copied())
         .env("SESSION_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
         .stdout(Stdio::null())
         .stderr(log_file(dir.path(), "session.log"))
@@ -92,6 +103,7 @@ pub async fn spawn_app() -> TestApp {
         addr,
         ops,
         storage_url: config.storage_url,
+        storage_addr,
         broker,
         db,
         storage,
@@ -137,6 +149,16 @@ pub fn bare_client() -> Client {
 }
 
 impl TestApp {
+    /// SIGKILLs the storage process (an outage as a crash would cause).
+    pub fn kill_storage(&mut self) {
+        self.storage.kill();
+    }
+
+    pub async fn restart_storage(&mut self) {
+        self.storage = start_storage(&self.db.url, self.storage_addr, self.dir.path());
+        wait_for_port(self.storage_addr, Duration::from_secs(60)).await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -10,3 +10,4 @@ mod helpers;
 mod live;
 mod pages;
 mod readings;
+mod resilience;
