@@ -17,7 +17,7 @@ use iot_proto::session::v1::session_service_server::SessionServiceServer;
 use iot_runtime::{CancellationToken, OpsServer, ReadinessCheck};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Router;
+use iot_runtime::telemetry::grpc::TracedRouter;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::{Config, ConfigError, parse_duration};
@@ -31,7 +31,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Application {
     grpc_listener: TcpListener,
     grpc_addr: SocketAddr,
-    router: Router,
+    router: TracedRouter,
     health: HealthReporter,
     ops: OpsServer,
     /// Stops the ops endpoint; cancelled only once gRPC has drained, so that /metrics
@@ -78,7 +78,9 @@ impl Application {
         health.set_serving::<SessionServiceServer<SessionGrpc>>().await;
         health.set_service_status("", ServingStatus::Serving).await;
         let (reflection_v1, reflection_v1alpha) = iot_runtime::grpc::reflection()?;
-        let router = tonic::transport::Server::builder()
+        // A server span per call (parent from the caller's `traceparent`); health and
+        // reflection stay untraced.
+        let router = iot_runtime::telemetry::grpc::traced_server()
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection_v1)

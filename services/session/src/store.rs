@@ -16,7 +16,7 @@
 
 use std::{
     future::Future,
-    sync::LazyLock,
+    sync::{Arc, LazyLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -25,7 +25,30 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
+use tracing::{Instrument, field::Empty};
+
 use crate::token;
+
+/// Host, port and database of the Redis server, as the spans name them.
+#[derive(Debug)]
+struct RedisTarget {
+    host: String,
+    port: i64,
+    db: i64,
+}
+
+impl RedisTarget {
+    fn of(client: &Client) -> Self {
+        let info = client.get_connection_info();
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                (host.clone(), i64::from(*port))
+            }
+            other => (other.to_string(), 0),
+        };
+        Self { host, port, db: info.redis_settings().db() }
+    }
+}
 
 /// What a caller of the store may get wrong with the store itself (never with the request).
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +63,19 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid Redis configuration: {0}")]
     Config(RedisError),
+}
+
+impl StoreError {
+    /// A short, stable name of the failure, for `error.type` on spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::Redis(_) => "redis_error",
+            Self::Corrupt(_) => "corrupt_session",
+            Self::Config(_) => "config",
+        }
+    }
 }
 
 impl From<RedisError> for StoreError {
@@ -215,6 +251,8 @@ return n
 #[derive(Clone)]
 pub struct SessionStore {
     conn: ConnectionManager,
+    /// Where Redis is, for the attributes of the Redis spans.
+    target: Arc<RedisTarget>,
     prefix: String,
     idle: Duration,
     absolute: Duration,
@@ -238,6 +276,7 @@ impl SessionStore {
         op_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let client = Client::open(redis_url).map_err(StoreError::Config)?;
+        let target = Arc::new(RedisTarget::of(&client));
         // Few, quick reconnect attempts: each RPC is bounded by `op_timeout` anyway, and a
         // failed attempt is simply started again by the next command.
         let manager_config = ConnectionManagerConfig::new()
@@ -247,7 +286,7 @@ impl SessionStore {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(StoreError::Config)?;
-        Ok(Self { conn, prefix: prefix.to_string(), idle, absolute, op_timeout })
+        Ok(Self { conn, target, prefix: prefix.to_string(), idle, absolute, op_timeout })
     }
 
     fn session_prefix(&self) -> String {
@@ -266,14 +305,30 @@ impl SessionStore {
         format!("{}u:{user_id}", self.prefix)
     }
 
-    /// Runs one Redis operation within `op_timeout`. A command that failed because the
-    /// connection broke (Redis restarted) is tried once more: the connection manager has
-    /// begun reconnecting by then, and every operation here is idempotent.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs one Redis operation within `op_timeout`, in a client span (`db.system` redis,
+    /// `db.operation` the command, `db.query.summary` command and script). A command that
+    /// failed because the connection broke (Redis restarted) is tried once more: the
+    /// connection manager has begun reconnecting by then, and every operation here is idempotent.
+    async fn run<T, F, Fut>(&self, command: &'static str, summary: &'static str, op: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = summary,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            db.system = "redis",
+            db.system.name = "redis",
+            db.operation = command,
+            db.operation.name = command,
+            db.query.summary = summary,
+            db.namespace = %self.target.db,
+            server.address = self.target.host.as_str(),
+            server.port = self.target.port,
+            error.type = Empty,
+        );
         let attempt = async {
             match op(self.conn.clone()).await {
                 Err(error) if error.is_unrecoverable_error() || error.is_connection_dropped() => {
@@ -283,14 +338,19 @@ impl SessionStore {
                 other => other,
             }
         };
-        match tokio::time::timeout(self.op_timeout, attempt).await {
+        let result = match tokio::time::timeout(self.op_timeout, attempt.instrument(span.clone())).await {
             Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.op_timeout)),
+        };
+        if let Err(error) = &result {
+            span.record("otel.status_code", "error");
+            span.record("error.type", error.kind());
         }
+        result
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.run(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        let pong: String = self.run("PING", "PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
         if pong == "PONG" { Ok(()) } else { Err(StoreError::Corrupt(format!("PING answered {pong:?}"))) }
     }
 
@@ -308,7 +368,7 @@ impl SessionStore {
         let session_prefix = self.session_prefix();
         let is_admin = if new.is_admin { "1" } else { "0" };
         let _: i64 = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA create", |mut conn| {
                 let mut invocation = CREATE.key(&session_key);
                 invocation
                     .key(&index_key)
@@ -349,7 +409,7 @@ impl SessionStore {
         let key = self.session_key(&hash);
         let now = now_us();
         let fields: Option<Vec<String>> = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA validate", |mut conn| {
                 let mut invocation = VALIDATE.key(&key);
                 invocation.arg(now).arg(duration_ms(self.idle));
                 async move { invocation.invoke_async(&mut conn).await }
@@ -365,7 +425,7 @@ impl SessionStore {
         let session_prefix = self.session_prefix();
         let now = now_us();
         let rows: Vec<Vec<String>> = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA list", |mut conn| {
                 let mut invocation = LIST.key(&key);
                 invocation.arg(&session_prefix);
                 async move { invocation.invoke_async(&mut conn).await }
@@ -393,7 +453,7 @@ impl SessionStore {
         let index_prefix = self.index_prefix();
         let owner = owner.map(|id| id.to_string()).unwrap_or_default();
         let outcome: i64 = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA revoke_token", |mut conn| {
                 let mut invocation = REVOKE_TOKEN.key(&key);
                 invocation.arg(&owner).arg(&index_prefix).arg(&session_id);
                 async move { invocation.invoke_async(&mut conn).await }
@@ -411,7 +471,7 @@ impl SessionStore {
         let key = self.index_key(user_id);
         let session_prefix = self.session_prefix();
         let deleted: i64 = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA revoke_id", |mut conn| {
                 let mut invocation = REVOKE_ID.key(&key);
                 invocation.arg(session_id).arg(&session_prefix);
                 async move { invocation.invoke_async(&mut conn).await }
@@ -425,7 +485,7 @@ impl SessionStore {
         let key = self.index_key(user_id);
         let session_prefix = self.session_prefix();
         let deleted: u64 = self
-            .run(|mut conn| {
+            .run("EVALSHA", "EVALSHA revoke_all", |mut conn| {
                 let mut invocation = REVOKE_ALL.key(&key);
                 invocation.arg(&session_prefix);
                 async move { invocation.invoke_async(&mut conn).await }

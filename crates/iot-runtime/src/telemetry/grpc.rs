@@ -18,7 +18,10 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::propagation::{Extractor, Injector};
 use tonic::metadata::{KeyRef, MetadataKey, MetadataMap, MetadataValue};
-use tower::{Layer, Service};
+use tower::{
+    Layer, Service,
+    layer::util::{Identity, Stack},
+};
 use tracing::{Instrument, Span, field::Empty};
 
 use super::{Context, OpenTelemetrySpanExt};
@@ -199,6 +202,16 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A tonic server builder with [`GrpcServerTraceLayer`] (health and reflection untraced).
+pub type TracedServer = tonic::transport::Server<Stack<GrpcServerTraceLayer, Identity>>;
+/// What [`TracedServer::add_service`] returns, to keep in a struct between build and serve.
+pub type TracedRouter = tonic::transport::server::Router<Stack<GrpcServerTraceLayer, Identity>>;
+
+/// `Server::builder().layer(GrpcServerTraceLayer::new())`: a server span per call.
+pub fn traced_server() -> TracedServer {
+    tonic::transport::Server::builder().layer(GrpcServerTraceLayer::new())
+}
 
 /// Tower layer for tonic servers: a server span per call (see [`server_span`]) that the
 /// handler runs in, closed when the response body ends, with `rpc.grpc.status_code` from the

@@ -9,4 +9,5 @@ mod helpers;
 mod lifecycle;
 mod outage;
 mod process;
+mod traces;
 mod validation;
