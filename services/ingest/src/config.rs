@@ -38,6 +38,11 @@ pub struct Config {
     /// sending (and queues) instead of this process buffering without limit.
     #[arg(long, env = "INGEST_RECEIVE_MAXIMUM", default_value_t = 5000)]
     pub receive_maximum: u16,
+    /// Largest MQTT packet this client accepts (announced to the broker in CONNECT). Keep it
+    /// at or above the broker's `max_packet_size`: a broker silently discards messages larger
+    /// than a client's maximum, so they would vanish instead of being counted as `too_large`.
+    #[arg(long, env = "INGEST_MQTT_MAX_PACKET_BYTES", default_value_t = 512 * 1024)]
+    pub mqtt_max_packet_bytes: u32,
     #[arg(long, env = "INGEST_KEEP_ALIVE_SECS", default_value_t = 30)]
     pub keep_alive_secs: u64,
 
@@ -85,6 +90,7 @@ impl Config {
             ("receive maximum", usize::from(self.receive_maximum)),
             ("max payload bytes", self.max_payload_bytes),
             ("max readings per message", self.max_readings_per_message),
+            ("MQTT max packet bytes", self.mqtt_max_packet_bytes as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

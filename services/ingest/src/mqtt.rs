@@ -53,9 +53,9 @@ pub fn options(config: &Config, client_id: String) -> MqttOptions {
         // Room for the acks of a whole window plus (un)subscribe and disconnect, so that
         // `try_ack` rarely finds the channel full (acks.rs retries when it does).
         .set_request_channel_capacity(usize::from(config.receive_maximum) * 2 + 64)
-        // Payloads larger than the limit are still read (and rejected with a reason) up to
-        // twice the limit; beyond that the packet is refused by the client itself.
-        .set_max_packet_size(Some(u32::try_from(config.max_payload_bytes.saturating_mul(2) + 4096).unwrap_or(u32::MAX)));
+        // Announced to the broker, which then never sends more; without it rumqttc's 10 KiB
+        // default would turn a larger message into a disconnect/redelivery loop.
+        .set_max_packet_size(Some(config.mqtt_max_packet_bytes));
     if let Some(username) = &config.mqtt_username {
         options.set_credentials(username.clone(), config.mqtt_password.clone().unwrap_or_default());
     }

@@ -28,6 +28,8 @@ async fn malformed_messages_are_rejected_by_reason_and_never_block_valid_ones() 
         ("non_finite", topic.clone(), r#"{"metrics":{"temperature":NaN}}"#.into()),
         ("non_finite", topic.clone(), r#"[{"n":"t","v":-Infinity}]"#.into()),
         ("too_large", topic.clone(), format!(r#"{{"metrics":{{"a":1}},"pad":"{}"}}"#, "x".repeat(4000))),
+        // Far above ingest's limit, below the broker's: must reach ingest and be counted.
+        ("too_large", topic.clone(), format!(r#"{{"metrics":{{"a":1}},"pad":"{}"}}"#, "x".repeat(100_000))),
         ("too_many_metrics", topic.clone(), format!(r#"{{"metrics":{{{too_many}}}}}"#)),
         ("bad_metric_name", topic.clone(), r#"{"metrics":{"tempé rature":1}}"#.into()),
         ("bad_metric_name", topic.clone(), r#"{"metrics":{"":1}}"#.into()),
