@@ -119,3 +119,89 @@ impl Acker {
         state.held == 0 && state.unsent.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rumqttc::v5::{
+        Request,
+        mqttbytes::{QoS, v5::Publish},
+    };
+
+    use super::*;
+
+    fn publish(pkid: u16) -> Publish {
+        let mut p = Publish::new("devices/d/telemetry", QoS::AtLeastOnce, "{}", None);
+        p.pkid = pkid;
+        p
+    }
+
+    fn acker(capacity: usize) -> (Acker, flume::Receiver<Request>) {
+        let (tx, rx) = flume::bounded(capacity);
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        (Acker::new(rumqttc::v5::AsyncClient::from_senders(tx), metrics), rx)
+    }
+
+    fn acked(rx: &flume::Receiver<Request>) -> Vec<u16> {
+        rx.drain()
+            .map(|r| match r {
+                Request::PubAck(ack) => ack.pkid,
+                other => panic!("unexpected request {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn acks_go_out_in_receive_order() {
+        let (acker, rx) = acker(100);
+        for _ in 0..4 {
+            acker.received();
+        }
+        // Batches commit out of order: 2 and 3 first, then 0, then 1.
+        acker.done(0, 2, publish(12));
+        acker.done(0, 3, publish(13));
+        assert!(acked(&rx).is_empty(), "acked before earlier messages were done");
+        acker.done(0, 0, publish(10));
+        assert_eq!(acked(&rx), [10]);
+        acker.done(0, 1, publish(11));
+        assert_eq!(acked(&rx), [11, 12, 13]);
+        assert!(acker.idle());
+    }
+
+    #[test]
+    fn acks_of_an_old_connection_are_dropped() {
+        let (acker, rx) = acker(100);
+        acker.received();
+        acker.received();
+        assert_eq!(acker.new_generation(), 1);
+        // Done after the reconnect: the broker redelivers it, so it must not be acked now
+        // (packet id 5 may already name a different message on the new connection).
+        acker.done(0, 0, publish(5));
+        acker.done(0, 1, publish(6));
+        assert!(acked(&rx).is_empty());
+        assert_eq!(acker.held(), 0);
+        acker.received();
+        acker.done(1, 0, publish(5));
+        assert_eq!(acked(&rx), [5]);
+    }
+
+    #[test]
+    fn a_full_request_channel_defers_acks_without_losing_or_reordering_them() {
+        let (acker, rx) = acker(2);
+        for _ in 0..5 {
+            acker.received();
+        }
+        for seq in 0..5 {
+            acker.done(0, seq, publish(100 + seq as u16));
+        }
+        assert_eq!(acker.held(), 0);
+        assert!(!acker.idle(), "acks still waiting for the channel");
+        assert_eq!(acked(&rx), [100, 101]);
+        acker.flush();
+        assert_eq!(acked(&rx), [102, 103]);
+        acker.flush();
+        assert_eq!(acked(&rx), [104]);
+        assert!(acker.idle());
+    }
+}
