@@ -18,6 +18,9 @@
 # IOT_TEST_TIMEOUT (seconds for the test step, default 1200), NEXTEST_TEST_THREADS,
 # CARGO_TARGET_DIR, and the knobs of scripts/lib/deps.sh.
 set -euo pipefail
+# The whole script is one block, parsed before it runs: editing the file while it runs
+# (a long test run, an up.sh session) cannot change what the running instance executes.
+{
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
@@ -59,7 +62,17 @@ step "mosquitto configuration (deploy/mosquitto) against the real broker"
 t=$SECONDS
 if scripts/check-mosquitto-config.sh; then record mosquitto-config ok $((SECONDS - t)); else record mosquitto-config FAILED $((SECONDS - t)); fi
 
-[[ -z "${IOT_SKIP_HELM:-}" && -x scripts/k8s-tools.sh ]] && { step "k8s tools for the chart tests (scripts/k8s-tools.sh)"; scripts/k8s-tools.sh || echo "k8s-tools failed: the iot-chart-tests will print SKIPPED" >&2; }
+if [[ -z "${IOT_SKIP_HELM:-}" && -x scripts/k8s-tools.sh ]]; then
+    step "k8s tools for the chart tests (scripts/k8s-tools.sh)"
+    scripts/k8s-tools.sh || echo "k8s-tools failed: the iot-chart-tests will print SKIPPED" >&2
+fi
+
+# The api's browser test drives a headless Chromium (Debian's chromium package).
+if grep -rqsi --include='*.rs' chromium services/*/tests crates/*/src; then
+    CHROMIUM_BIN="${CHROMIUM_BIN:-$(deps_ensure_binary chromium chromium || true)}"
+    export CHROMIUM_BIN
+    echo "    CHROMIUM_BIN=${CHROMIUM_BIN:-(missing)}" >&2
+fi
 
 cargo_flags=()
 [[ "${CI:-}" == true ]] && cargo_flags+=(--locked)
@@ -122,3 +135,5 @@ fi
 
 summary
 exit "$failed"
+exit
+}

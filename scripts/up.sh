@@ -19,6 +19,9 @@
 #   UP_KEEP_DEPS=1    keep private MariaDB/Redis started by this run (default: stopped too)
 #   IOT_ADMIN_USER    name of the local admin (default admin)
 set -euo pipefail
+# The whole script is one block, parsed before it runs: editing the file while it runs
+# (a long test run, an up.sh session) cannot change what the running instance executes.
+{
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
@@ -376,3 +379,5 @@ while true; do
     sleep 1 &
     wait $! || true
 done
+exit
+}

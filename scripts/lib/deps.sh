@@ -131,6 +131,16 @@ deps_apt_install() {
     }
 }
 
+# deps_ensure_binary BIN PACKAGE : install PACKAGE when BIN is not found; prints BIN's path.
+deps_ensure_binary() {
+    deps_find_bin "$1" && return 0
+    deps_apt_install "$2" >&2 || return 1
+    deps_find_bin "$1" || {
+        deps_die "$1 still missing after installing $2"
+        return 1
+    }
+}
+
 # ---------------------------------------------------------------------------------------
 # MariaDB
 
