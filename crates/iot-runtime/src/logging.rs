@@ -22,7 +22,7 @@ impl std::str::FromStr for LogFormat {
 /// Default filter of the log output (`RUST_LOG` replaces it). It does not limit what is
 /// traced: the OpenTelemetry layer has its own filter (spans at `info` and above, never the
 /// exporter's own gRPC stack).
-const DEFAULT_LOG_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,rumqttc=warn";
+const DEFAULT_LOG_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,rumqttc=warn,opentelemetry=warn";
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default filter.
 /// Calling it twice (tests that start several services in one process) is harmless.

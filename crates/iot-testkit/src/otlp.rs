@@ -129,7 +129,11 @@ impl OtlpReceiver {
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(shared.clone())))
+            .add_service(
+                // Collectors accept gzip; exporters send it with OTEL_EXPORTER_OTLP_COMPRESSION=gzip.
+                TraceServiceServer::new(Collector(shared.clone()))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             });

@@ -329,6 +329,20 @@ impl SessionStore {
             server.port = self.target.port,
             error.type = Empty,
         );
+        let result = self.bounded(op).instrument(span.clone()).await;
+        if let Err(error) = &result {
+            span.record("otel.status_code", "error");
+            span.record("error.type", error.kind());
+        }
+        result
+    }
+
+    /// [`Self::run`] without a span.
+    async fn bounded<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let attempt = async {
             match op(self.conn.clone()).await {
                 Err(error) if error.is_unrecoverable_error() || error.is_connection_dropped() => {
@@ -338,19 +352,16 @@ impl SessionStore {
                 other => other,
             }
         };
-        let result = match tokio::time::timeout(self.op_timeout, attempt.instrument(span.clone())).await {
+        match tokio::time::timeout(self.op_timeout, attempt).await {
             Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.op_timeout)),
-        };
-        if let Err(error) = &result {
-            span.record("otel.status_code", "error");
-            span.record("error.type", error.kind());
         }
-        result
     }
 
+    /// Untraced: readiness probes call it every few seconds, and a trace each time would
+    /// bury the ones that matter.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.run("PING", "PING", |mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
+        let pong: String = self.bounded(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await }).await?;
         if pong == "PONG" { Ok(()) } else { Err(StoreError::Corrupt(format!("PING answered {pong:?}"))) }
     }
 

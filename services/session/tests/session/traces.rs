@@ -40,17 +40,24 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         // Far beyond this test's waits: the spans can only arrive through the flush on exit.
         .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        // What the Helm chart sets (helm/iot-telemetry/templates/_helpers.tpl, iot.commonEnv).
+        .env("OTEL_SERVICE_NAME", "iot-session")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "service.namespace=iot-telemetry,k8s.pod.name=session-0")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+        .env("OTEL_TRACES_SAMPLER_ARG", "1.0")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
         .env_remove("OTEL_SDK_DISABLED")
-        .env_remove("OTEL_TRACES_SAMPLER")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
     wait_for_port(grpc_addr, Duration::from_secs(20)).await;
+    // A readiness probe pings Redis; probes must not produce traces.
+    let readyz = reqwest::get(format!("http://{metrics_addr}/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), reqwest::StatusCode::OK);
 
     let mut client = SessionServiceClient::connect(format!("http://{grpc_addr}")).await.unwrap();
     let (create_trace, create_parent) = (random_hex(16), random_hex(8));
@@ -93,6 +100,8 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
     assert_eq!(server.name, "iot.session.v1.SessionService/CreateSession");
     assert_eq!(server.parent_span_id.as_deref(), Some(create_parent.as_str()), "{all}");
     assert_eq!(server.service_name, "iot-session");
+    assert_eq!(server.resource.get("service.namespace").map(String::as_str), Some("iot-telemetry"));
+    assert_eq!(server.resource.get("k8s.pod.name").map(String::as_str), Some("session-0"));
     assert_eq!(server.attr("rpc.system"), Some("grpc"));
     assert_eq!(server.attr("rpc.service"), Some("iot.session.v1.SessionService"));
     assert_eq!(server.attr("rpc.method"), Some("CreateSession"));
@@ -123,7 +132,8 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
         &all,
     );
     assert_eq!(own.parent_span_id, None, "a root span without a traceparent: {all}");
-    assert!(spans.iter().all(|s| s.attr("rpc.service") != Some("grpc.health.v1.Health")));
+    assert!(spans.iter().all(|s| s.attr("db.operation") == Some("EVALSHA") || s.kind == CollectedSpan::KIND_SERVER));
+    assert_eq!(spans.len(), 6, "nothing else, no readiness PING: {all}");
 
     // Clean up this test's keys in the shared Redis.
     let mut conn = crate::helpers::redis_conn(&iot_testkit::redis_url()).await;
