@@ -77,6 +77,13 @@ fi
 cargo_flags=()
 [[ "${CI:-}" == true ]] && cargo_flags+=(--locked)
 
+if [[ "${CI:-}" == true ]] && cargo metadata --locked --format-version 1 2>&1 >/dev/null | grep -q 'lock file'; then
+    echo "Cargo.lock does not match Cargo.toml: run a cargo build locally and commit Cargo.lock" >&2
+    record lockfile FAILED 0
+    summary
+    exit 1
+fi
+
 step "cargo build --workspace --all-targets"
 t=$SECONDS
 if ! cargo build "${cargo_flags[@]}" --workspace --all-targets; then
