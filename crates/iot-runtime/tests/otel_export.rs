@@ -34,8 +34,8 @@ async fn scenario() {
         std::env::remove_var("OTEL_RESOURCE_ATTRIBUTES");
         std::env::remove_var("OTEL_SDK_DISABLED");
         std::env::remove_var("OTEL_TRACES_SAMPLER");
-        // The exporter's own gRPC stack must stay out of the traces even when logging everything.
-        std::env::set_var("RUST_LOG", "trace");
+        // Logging everything must not put the exporter's own gRPC stack into the traces.
+        std::env::set_var("RUST_LOG", "debug");
     }
     logging::init("otel-export-test", LogFormat::Text);
     assert!(telemetry::is_enabled(), "an endpoint is set, so tracing must be on");
@@ -75,14 +75,27 @@ async fn scenario() {
     assert_eq!(props.len(), 2, "traceparent added next to the other property: {props:?}");
 
     // A consumer elsewhere continues the trace from the user properties ...
-    let consumer = tracing::info_span!("mqtt.process", otel.kind = "consumer");
-    telemetry::set_parent(&consumer, telemetry::mqtt::extract_user_properties(&props).unwrap());
+    let consumer =
+        telemetry::mqtt::process_span("devices/d1/telemetry", "$share/ingest/devices/+/telemetry", &props, 42);
     consumer.in_scope(|| tracing::info!("processing"));
     drop(consumer);
-    // ... and an HTTP server from the headers (as pairs, the way the actix api passes them).
-    let http_server = tracing::info_span!("http.server", otel.kind = "server");
-    let parent = telemetry::http::extract_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()))).unwrap();
-    telemetry::set_parent(&http_server, parent);
+    // ... a batch links to it (and to nothing for a message without context) ...
+    let untraced: Vec<(String, String)> = Vec::new();
+    let batch =
+        telemetry::mqtt::batch_span("$share/ingest/devices/+/telemetry", [props.as_slice(), untraced.as_slice()]);
+    let batch_trace = telemetry::trace_id(&batch).unwrap();
+    assert_ne!(batch_trace, root_trace, "a batch starts a trace of its own");
+    drop(batch);
+    // ... and an HTTP server continues it from the headers (as pairs, the way the actix api passes them).
+    let mut request_headers: Vec<(String, String)> = headers.clone();
+    request_headers.push(("User-Agent".into(), "curl/8".into()));
+    let http_server = telemetry::http::server_span(
+        "GET",
+        "/api/v1/devices/d1/readings",
+        Some("/api/v1/devices/{device_id}/readings"),
+        request_headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    );
+    telemetry::http::record_response(&http_server, 503);
     drop(http_server);
     props.clear();
     drop(root);
@@ -92,21 +105,34 @@ async fn scenario() {
     logging::shutdown();
     assert!(!telemetry::is_enabled());
     let spans = receiver
-        .wait_for_spans(|spans| spans.iter().filter(|s| s.trace_id == root_trace).count() >= 8, Duration::from_secs(3))
+        .wait_for_spans(
+            |spans| {
+                spans.iter().filter(|s| s.trace_id == root_trace).count() >= 8
+                    && spans.iter().any(|s| s.name.starts_with("process ") && s.links.len() == 1)
+            },
+            Duration::from_secs(3),
+        )
         .await;
     let trace = receiver.trace(&root_trace);
     let all = describe(&spans);
 
     let names: HashSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    let expected: HashSet<&str> =
-        ["test.root", "grpc.health.v1.Health/Check", "mqtt.process", "http.server"].into_iter().collect();
+    let expected: HashSet<&str> = [
+        "test.root",
+        "grpc.health.v1.Health/Check",
+        "process $share/ingest/devices/+/telemetry",
+        "GET /api/v1/devices/{device_id}/readings",
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(names, expected, "only our spans, nothing from h2/hyper/tonic/tower:\n{all}");
     assert!(spans.iter().all(|s| s.service_name == "otel-export-test"), "{all}");
 
     let root_span = one(&trace, |s| s.name == "test.root", &all);
     assert_eq!(root_span.parent_span_id, None);
     let clients: Vec<_> = trace.iter().filter(|s| s.kind == CollectedSpan::KIND_CLIENT).collect();
-    let servers: Vec<_> = trace.iter().filter(|s| s.kind == CollectedSpan::KIND_SERVER && s.name.contains('/')).collect();
+    let servers: Vec<_> =
+        trace.iter().filter(|s| s.kind == CollectedSpan::KIND_SERVER && s.attr("rpc.system").is_some()).collect();
     assert_eq!(clients.len(), 2, "{all}");
     assert_eq!(servers.len(), 3, "{all}");
     for client in &clients {
@@ -130,19 +156,37 @@ async fn scenario() {
             None => assert_eq!(parent, root_span.span_id, "interceptor call parented to the root span: {all}"),
         }
     }
-    let not_found = one(&trace, |s| s.kind == CollectedSpan::KIND_SERVER && s.attr("rpc.grpc.status_code") == Some("5"), &all);
+    let not_found =
+        one(&trace, |s| s.kind == CollectedSpan::KIND_SERVER && s.attr("rpc.grpc.status_code") == Some("5"), &all);
     assert_eq!(not_found.status_code, 0, "NOT_FOUND is not a server error");
     let not_found_client =
         one(&trace, |s| s.kind == CollectedSpan::KIND_CLIENT && s.attr("rpc.grpc.status_code") == Some("5"), &all);
     assert_eq!(not_found_client.status_code, 2, "but it is an error for the client");
     assert_eq!(not_found_client.attr("error.type"), Some("NOT_FOUND"));
-    assert_eq!(trace.iter().filter(|s| s.attr("rpc.grpc.status_code") == Some("0")).count(), 3, "two OK server spans, one OK client span: {all}");
+    assert_eq!(
+        trace.iter().filter(|s| s.attr("rpc.grpc.status_code") == Some("0")).count(),
+        3,
+        "two OK server spans, one OK client span: {all}"
+    );
 
-    let consumer = one(&trace, |s| s.name == "mqtt.process", &all);
-    assert_eq!(consumer.kind, CollectedSpan::KIND_CONSUMER);
+    let consumer = one(&trace, |s| s.kind == CollectedSpan::KIND_CONSUMER, &all);
     assert_eq!(consumer.parent_span_id.as_deref(), Some(root_span.span_id.as_str()));
-    let http_server = one(&trace, |s| s.name == "http.server", &all);
+    assert_eq!(consumer.attr("messaging.system"), Some("mqtt"));
+    assert_eq!(consumer.attr("messaging.destination.name"), Some("devices/d1/telemetry"));
+    assert_eq!(consumer.attr("messaging.operation.type"), Some("process"));
+    assert_eq!(consumer.attr("messaging.message.body.size"), Some("42"));
+    let batch = one(&spans, |s| s.kind == CollectedSpan::KIND_CONSUMER && s.trace_id != root_trace, &all);
+    assert_eq!(batch.parent_span_id, None);
+    assert_eq!(batch.attr("messaging.batch.message_count"), Some("2"));
+    assert_eq!(batch.links, vec![format!("{root_trace}:{}", root_span.span_id)], "linked to the traced message");
+    let http_server = one(&trace, |s| s.attr("http.request.method") == Some("GET"), &all);
+    assert_eq!(http_server.kind, CollectedSpan::KIND_SERVER);
     assert_eq!(http_server.parent_span_id.as_deref(), Some(root_span.span_id.as_str()));
+    assert_eq!(http_server.attr("http.route"), Some("/api/v1/devices/{device_id}/readings"));
+    assert_eq!(http_server.attr("url.path"), Some("/api/v1/devices/d1/readings"));
+    assert_eq!(http_server.attr("user_agent.original"), Some("curl/8"));
+    assert_eq!(http_server.attr("http.response.status_code"), Some("503"));
+    assert_eq!(http_server.status_code, 2, "5xx is a server error");
 }
 
 fn one<'a>(spans: &'a [CollectedSpan], what: impl Fn(&CollectedSpan) -> bool, all: &str) -> &'a CollectedSpan {

@@ -180,7 +180,11 @@ impl OtlpReceiver {
                 if predicate(&spans) {
                     return spans;
                 }
-                panic!("spans awaited for {timeout:?} did not arrive; received {} spans:\n{}", spans.len(), describe(&spans));
+                panic!(
+                    "spans awaited for {timeout:?} did not arrive; received {} spans:\n{}",
+                    spans.len(),
+                    describe(&spans)
+                );
             }
         }
     }

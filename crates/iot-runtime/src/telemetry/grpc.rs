@@ -27,11 +27,8 @@ use tracing::{Instrument, Span, field::Empty};
 use super::{Context, OpenTelemetrySpanExt};
 
 /// Services whose calls get no span by default: probes call them every few seconds.
-pub const UNTRACED_SERVICES: &[&str] = &[
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
+pub const UNTRACED_SERVICES: &[&str] =
+    &["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
 /// Injector into tonic request/response metadata.
 pub struct MetadataInjector<'a>(pub &'a mut MetadataMap);

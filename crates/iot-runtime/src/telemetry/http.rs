@@ -12,6 +12,49 @@
 use super::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 
+/// The server span of one HTTP request: `otel.name` `"{method} {route}"` (or just the method
+/// when no route matched, so that names stay few), kind server, `http.request.method`,
+/// `url.path`, `http.route`, `user_agent.original`, and `http.response.status_code` left to
+/// [`record_response`]. Its parent is the caller's `traceparent`, set while the span is built.
+/// Framework-neutral: headers are (name, raw value) pairs.
+pub fn server_span<'a, I>(method: &str, path: &str, route: Option<&str>, headers: I) -> tracing::Span
+where
+    I: IntoIterator<Item = (&'a str, &'a [u8])>,
+{
+    let headers: Vec<(&str, &[u8])> = headers.into_iter().collect();
+    let user_agent = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("user-agent"))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %match route { Some(route) => format!("{method} {route}"), None => method.to_string() },
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        url.path = path,
+        http.route = route,
+        user_agent.original = user_agent,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(parent) = extract_headers(headers) {
+        super::set_parent(&span, parent);
+    }
+    span
+}
+
+/// Records the response status on a span from [`server_span`]; 5xx marks it as an error
+/// (4xx is the client's error, not the server's).
+pub fn record_response(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+        span.record("error.type", status.to_string());
+    }
+}
+
 /// The caller's context from request headers given as (name, raw value) pairs; `None` when
 /// there is no valid `traceparent`.
 pub fn extract_headers<'a, I>(headers: I) -> Option<Context>

@@ -26,6 +26,62 @@ pub fn extract_user_properties(properties: &[(String, String)]) -> Option<Contex
     super::extract_pairs(properties.iter().map(|(name, value)| (name.as_str(), value.as_str())))
 }
 
+/// The span of processing one received message (kind consumer, `messaging.*` attributes),
+/// continuing the publisher's trace when its user properties carry a `traceparent` and
+/// starting a new trace otherwise.
+pub fn process_span(
+    topic: &str,
+    subscription: &str,
+    properties: &[(String, String)],
+    body_size: usize,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "mqtt.process",
+        otel.name = %format_args!("process {subscription}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = super::semconv::MESSAGING_SYSTEM_MQTT,
+        messaging.operation.type = "process",
+        messaging.destination.name = topic,
+        messaging.destination.subscription.name = subscription,
+        messaging.message.body.size = body_size,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(parent) = extract_user_properties(properties) {
+        super::set_parent(&span, parent);
+    }
+    span
+}
+
+/// The span of processing a batch of messages (kind consumer): a new trace, linked to the
+/// trace of every message that carried a `traceparent` (the batch has many parents, so they
+/// are links, not a parent). `messages` yields each message's user properties.
+pub fn batch_span<'a, I>(subscription: &str, messages: I) -> tracing::Span
+where
+    I: IntoIterator<Item = &'a [(String, String)]>,
+{
+    let span = tracing::info_span!(
+        "mqtt.process_batch",
+        otel.name = %format_args!("process {subscription}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = super::semconv::MESSAGING_SYSTEM_MQTT,
+        messaging.operation.type = "process",
+        messaging.destination.subscription.name = subscription,
+        messaging.batch.message_count = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    let mut count = 0_i64;
+    for properties in messages {
+        count += 1;
+        if let Some(linked) = extract_user_properties(properties).as_ref().and_then(super::remote_span_context) {
+            super::OpenTelemetrySpanExt::add_link(&span, linked);
+        }
+    }
+    span.record("messaging.batch.message_count", count);
+    span
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,10 +90,8 @@ mod tests {
     fn replaces_existing_trace_properties_and_keeps_others() {
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let cx = extract_user_properties(&[("traceparent".into(), parent.into())]).expect("valid");
-        let mut properties = vec![
-            ("traceparent".to_string(), "00-old-old-01".to_string()),
-            ("unit".to_string(), "celsius".to_string()),
-        ];
+        let mut properties =
+            vec![("traceparent".to_string(), "00-old-old-01".to_string()), ("unit".to_string(), "celsius".to_string())];
         inject_context(&cx, &mut properties);
         assert_eq!(
             properties,

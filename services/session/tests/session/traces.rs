@@ -89,7 +89,10 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
     let exited_cleanly = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(15))).await.unwrap();
     assert!(exited_cleanly, "iot-session did not exit 0 on SIGTERM");
     let spans = receiver
-        .wait_for_spans(|spans| spans.iter().filter(|s| s.service_name == "iot-session").count() >= 6, Duration::from_secs(10))
+        .wait_for_spans(
+            |spans| spans.iter().filter(|s| s.service_name == "iot-session").count() >= 6,
+            Duration::from_secs(10),
+        )
         .await;
     let all = describe(&spans);
 
