@@ -53,9 +53,12 @@ pub fn process_span(
     span
 }
 
-/// The span of processing a batch of messages (kind consumer): a new trace, linked to the
-/// trace of every message that carried a `traceparent` (the batch has many parents, so they
-/// are links, not a parent). `messages` yields each message's user properties.
+/// The span of processing a batch of messages (kind consumer). It continues the trace of the
+/// first message that carried a `traceparent` (so a single traced message is followed end to
+/// end, into storage), and links to every traced message of the batch, that one included (a
+/// batch has many origins; links are how OpenTelemetry records them). Without any traced
+/// message it is a child of the current span, or a new trace. `messages` yields each
+/// message's user properties.
 pub fn batch_span<'a, I>(subscription: &str, messages: I) -> tracing::Span
 where
     I: IntoIterator<Item = &'a [(String, String)]>,
@@ -72,11 +75,18 @@ where
         error.type = tracing::field::Empty,
     );
     let mut count = 0_i64;
+    let mut parent = None;
     for properties in messages {
         count += 1;
-        if let Some(linked) = extract_user_properties(properties).as_ref().and_then(super::remote_span_context) {
-            super::OpenTelemetrySpanExt::add_link(&span, linked);
+        if let Some(cx) = extract_user_properties(properties) {
+            if let Some(linked) = super::remote_span_context(&cx) {
+                super::OpenTelemetrySpanExt::add_link(&span, linked);
+            }
+            parent.get_or_insert(cx);
         }
+    }
+    if let Some(parent) = parent {
+        super::set_parent(&span, parent);
     }
     span.record("messaging.batch.message_count", count);
     span
