@@ -191,11 +191,17 @@ pub async fn ensure_database(url: &str, timeout: Duration) -> anyhow::Result<()>
         .await
         .context("timed out connecting to the database server")?
         .context("cannot connect to the database server")?;
-    conn.query_drop(format!(
-        "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-    ))
-    .await
-    .with_context(|| format!("cannot create database {name}"))?;
+    // Asked first so that an account without the CREATE privilege works on an existing database.
+    let exists: Option<String> = conn
+        .exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (name.as_str(),))
+        .await
+        .context("cannot list databases")?;
+    if exists.is_none() {
+        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+        tracing::info!(database = %name, "created database");
+    }
     let _ = conn.disconnect().await;
     Ok(())
 }

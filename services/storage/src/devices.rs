@@ -138,14 +138,20 @@ pub async fn pk(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<u64>
         .ok_or_else(|| StorageError::NotFound(format!("device {device_id:?} not found")))
 }
 
-/// Resolves many public ids in one query.
+/// Ids per lookup query: one query for any realistic batch, and far below the server's limit
+/// of 65 535 placeholders for the largest one.
+const LOOKUP_CHUNK: usize = 5_000;
+
+/// Resolves many public ids, in one query unless the batch names thousands of devices.
 pub async fn pks(conn: &mut AsyncMysqlConnection, device_ids: &[&str]) -> Result<Vec<(u64, String)>> {
-    if device_ids.is_empty() {
-        return Ok(Vec::new());
+    let mut found = Vec::with_capacity(device_ids.len());
+    for chunk in device_ids.chunks(LOOKUP_CHUNK) {
+        let rows: Vec<(u64, String)> = devices::table
+            .filter(devices::device_id.eq_any(chunk))
+            .select((devices::id, devices::device_id))
+            .load(&mut *conn)
+            .await?;
+        found.extend(rows);
     }
-    Ok(devices::table
-        .filter(devices::device_id.eq_any(device_ids))
-        .select((devices::id, devices::device_id))
-        .load(conn)
-        .await?)
+    Ok(found)
 }
