@@ -62,8 +62,8 @@ impl Application {
         let live = LiveHub::new();
         let live_task = live::spawn_subscriber(&config, live.clone(), metrics.clone(), shutdown.clone());
         let state = AppState {
-            storage: StorageServiceClient::new(storage_channel.clone()),
-            session: SessionServiceClient::new(session_channel.clone()),
+            storage: StorageServiceClient::new(storage_channel),
+            session: SessionServiceClient::new(session_channel),
             config: Arc::new(config.clone()),
             metrics,
             live,
@@ -94,6 +94,7 @@ impl Application {
                 .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, middleware::method_not_allowed))
                 .wrap(Compress::default())
                 .wrap(from_fn(middleware::metrics))
+                .wrap(from_fn(middleware::trace))
                 .configure(routes::configure)
                 .default_service(web::to(middleware::not_found))
         })

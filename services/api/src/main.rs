@@ -5,7 +5,9 @@ use iot_runtime::{CancellationToken, logging, shutdown_signal};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    logging::init("iot-api", config.log_format);
+    // Exports spans when OTEL_EXPORTER_OTLP_ENDPOINT is set; dropping the guard at the end of
+    // main flushes them.
+    let _telemetry = logging::init_with_guard("iot-api", config.log_format);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -2,6 +2,7 @@ use std::{sync::Arc, time::Duration};
 
 use iot_proto::{session::v1::session_service_client::SessionServiceClient, storage::v1::storage_service_client::StorageServiceClient};
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use iot_runtime::telemetry::grpc::{GrpcClientTrace, traced_channel};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{config::Config, live::LiveHub};
@@ -9,8 +10,8 @@ use crate::{config::Config, live::LiveHub};
 /// Shared by every worker; cheap to clone (channels and Arcs).
 #[derive(Clone)]
 pub struct AppState {
-    pub storage: StorageServiceClient<Channel>,
-    pub session: SessionServiceClient<Channel>,
+    pub storage: StorageServiceClient<GrpcChannel>,
+    pub session: SessionServiceClient<GrpcChannel>,
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub live: LiveHub,
@@ -18,13 +19,16 @@ pub struct AppState {
     pub shutdown: iot_runtime::CancellationToken,
 }
 
+/// A channel whose calls get client spans and carry the trace context to the server.
+pub type GrpcChannel = GrpcClientTrace<Channel>;
+
 /// Lazy channels: the api starts while storage/session are still down and reconnects by itself.
-pub fn lazy_channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())?
+pub fn lazy_channel(url: &str) -> anyhow::Result<GrpcChannel> {
+    let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(traced_channel(endpoint.connect_lazy(), endpoint.uri()))
 }
 
 #[derive(Clone)]

@@ -11,3 +11,4 @@ mod live;
 mod pages;
 mod readings;
 mod resilience;
+mod traces;
