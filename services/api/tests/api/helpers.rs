@@ -1,6 +1,6 @@
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -34,17 +34,39 @@ fn log_file(dir: &std::path::Path, name: &str) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap()
 }
 
-fn start_storage(db_url: &str, addr: SocketAddr, dir: &std::path::Path) -> ChildGuard {
-    let storage = Command::new(workspace_bin("iot-storage"))
+/// Starts a service on a fresh free port and waits until it listens. A port that was free a
+/// moment ago can be taken by a parallel test before the child binds it: then the child exits
+/// and another port is tried.
+async fn start_listening(mut spawn: impl FnMut(SocketAddr) -> Child) -> (SocketAddr, ChildGuard) {
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = spawn(addr);
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return (addr, ChildGuard(Some(child)));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                eprintln!("service on {addr} exited early ({status}); retrying on another port");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing listens on {addr} after 90 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("the service did not start in 5 attempts (see its log)");
+}
+
+fn start_storage(db_url: &str, addr: SocketAddr, dir: &std::path::Path) -> Child {
+    Command::new(workspace_bin("iot-storage"))
         .env("STORAGE_DATABASE_URL", db_url)
         .env("STORAGE_GRPC_ADDR", addr.to_string())
         .env("STORAGE_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("STORAGE_DB_POOL_SIZE", "4")
-        .stdout(Stdio::null())
+        .stdout(log_file(dir, "storage.log"))
         .stderr(log_file(dir, "storage.log"))
         .spawn()
-        .unwrap();
-    ChildGuard(Some(storage))
+        .unwrap()
 }
 
 /// Real storage (own MariaDB database) and session (own Redis key prefix) processes, a private
@@ -59,21 +81,22 @@ pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
     let db = TestDatabase::create().await;
     let broker = Mosquitto::start("allow_anonymous true").await;
 
-    let storage_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let storage = start_storage(&db.url, storage_addr, dir.path());
+    let (storage_addr, storage) = start_listening(|addr| start_storage(&db.url, addr, dir.path())).await;
 
-    let session_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let session = Command::new(workspace_bin("iot-session"))
-        .env("SESSION_REDIS_URL", iot_testkit::redis_url())
-        .env("SESSION_KEY_PREFIX", format!("iot:test:api:{}:", unique_suffix()))
-        .env("SESSION_GRPC_ADDR", session_addr.to_string())
-        .envs(session_env.iter().copied())
-        .env("SESSION_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
-        .stdout(Stdio::null())
-        .stderr(log_file(dir.path(), "session.log"))
-        .spawn()
-        .unwrap();
-    let session = ChildGuard(Some(session));
+    let prefix = format!("iot:test:api:{}:", unique_suffix());
+    let (session_addr, session) = start_listening(|addr| {
+        Command::new(workspace_bin("iot-session"))
+            .env("SESSION_REDIS_URL", iot_testkit::redis_url())
+            .env("SESSION_KEY_PREFIX", &prefix)
+            .env("SESSION_GRPC_ADDR", addr.to_string())
+            .envs(session_env.iter().copied())
+            .env("SESSION_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+            .stdout(log_file(dir.path(), "session.log"))
+            .stderr(log_file(dir.path(), "session.log"))
+            .spawn()
+            .unwrap()
+    })
+    .await;
 
     let config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
@@ -97,8 +120,6 @@ pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
     let ops = format!("http://{}", app.ops_addr);
     tokio::spawn(app.run_until_stopped());
 
-    wait_for_port(storage_addr, Duration::from_secs(60)).await;
-    wait_for_port(session_addr, Duration::from_secs(30)).await;
     let app = TestApp {
         base: format!("http://{addr}"),
         addr,
@@ -157,8 +178,9 @@ impl TestApp {
     }
 
     pub async fn restart_storage(&mut self) {
-        self.storage = start_storage(&self.db.url, self.storage_addr, self.dir.path());
-        wait_for_port(self.storage_addr, Duration::from_secs(60)).await;
+        // Same port: the api's channel must find it where it was.
+        self.storage = ChildGuard(Some(start_storage(&self.db.url, self.storage_addr, self.dir.path())));
+        wait_for_port(self.storage_addr, Duration::from_secs(90)).await;
     }
 
     pub fn url(&self, path: &str) -> String {
