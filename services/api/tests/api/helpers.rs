@@ -26,7 +26,7 @@ pub struct TestApp {
     pub db: TestDatabase,
     storage: ChildGuard,
     session: ChildGuard,
-    shutdown: CancellationToken,
+    pub shutdown: CancellationToken,
     dir: tempfile::TempDir,
 }
 

@@ -68,6 +68,25 @@ async fn stream_pushes_a_reading_published_over_mqtt() {
     assert_eq!(reading["value"], 21.5);
     assert!(!received.contains("-99"), "another device's reading leaked: {received}");
 
+    // A client that stays connected does not hold up shutdown: the stream ends well before
+    // actix's own graceful-stop timeout (10 s) would cut it.
+    let mut open_stream = admin.get(app.url(&format!("/api/v1/devices/{id}/stream"))).send().await.unwrap();
+    assert_eq!(open_stream.status(), StatusCode::OK);
+    drop(response);
+    app.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = open_stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the live stream did not end on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_refuses_what_it_cannot_send() {
+    let app = spawn_app().await;
+    let (admin, _) = app.admin().await;
+    let id = unique_device();
+    app.create_device(&admin, &id).await;
     // Unsupported Accept on the stream -> 406.
     let response = admin
         .get(app.url(&format!("/api/v1/devices/{id}/stream")))
