@@ -15,7 +15,7 @@ use iot_proto::storage::v1::Reading;
 use crate::{
     devices,
     error::{Result, StorageError},
-    schema::readings,
+    schema::{device_metrics, devices as devices_table, readings},
     validate,
 };
 
@@ -36,6 +36,40 @@ struct NewReading<'a> {
     metric: &'a str,
     ts_us: i64,
     value: f64,
+}
+
+#[derive(Insertable, Clone, PartialEq, Eq, Hash)]
+#[diesel(table_name = device_metrics)]
+struct DeviceMetric {
+    device_pk: u64,
+    metric: String,
+}
+
+/// (device, metric) pairs this process has already recorded in `device_metrics`, so that a
+/// steady stream of known metrics costs no extra statement. Only ever a shortcut: forgetting
+/// (the set is cleared when full) just means recording a pair again, which is idempotent.
+#[derive(Default)]
+pub struct KnownMetrics(std::sync::Mutex<std::collections::HashSet<DeviceMetric>>);
+
+impl KnownMetrics {
+    const CAPACITY: usize = 100_000;
+
+    fn unknown(&self, pairs: impl Iterator<Item = DeviceMetric>) -> Vec<DeviceMetric> {
+        let Ok(known) = self.0.lock() else { return pairs.collect() };
+        let mut fresh: Vec<DeviceMetric> = pairs.filter(|pair| !known.contains(pair)).collect();
+        fresh.sort_by(|a, b| (a.device_pk, &a.metric).cmp(&(b.device_pk, &b.metric)));
+        fresh.dedup();
+        fresh
+    }
+
+    fn remember(&self, pairs: Vec<DeviceMetric>) {
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() + pairs.len() > Self::CAPACITY {
+                known.clear();
+            }
+            known.extend(pairs);
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -65,7 +99,7 @@ pub fn validate_batch(batch: &[Reading]) -> Result<()> {
 /// Resolves the batch's device ids in one query, then inserts the readings of known devices
 /// with multi-row `INSERT IGNORE`: a key already present is skipped, which is what makes a
 /// redelivered batch harmless. Affected rows count what was new; the rest were duplicates.
-pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading]) -> Result<WriteOutcome> {
+pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading], known_metrics: &KnownMetrics) -> Result<WriteOutcome> {
     if batch.is_empty() {
         return Ok(WriteOutcome::default());
     }
@@ -87,6 +121,14 @@ pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading]) -> Result
         })
         .collect();
     let total = rows.len() as u64;
+    // Recorded before the readings: a reader may briefly see a metric without rows, never rows
+    // without their metric.
+    let new_metrics =
+        known_metrics.unknown(rows.iter().map(|r| DeviceMetric { device_pk: r.device_pk, metric: r.metric.to_string() }));
+    for chunk in new_metrics.chunks(INSERT_CHUNK_ROWS) {
+        diesel::insert_or_ignore_into(device_metrics::table).values(chunk).execute(&mut *conn).await?;
+    }
+    known_metrics.remember(new_metrics);
     let inserted = if rows.is_empty() {
         0
     } else if rows.len() <= INSERT_CHUNK_ROWS {
@@ -114,14 +156,6 @@ pub struct Point {
     pub ts_us: i64,
     #[diesel(sql_type = Double)]
     pub value: f64,
-}
-
-#[derive(QueryableByName)]
-struct DeviceMetric {
-    #[diesel(sql_type = Unsigned<BigInt>)]
-    device_pk: u64,
-    #[diesel(sql_type = Varchar)]
-    metric: String,
 }
 
 /// Position after which the next page starts, in the page's order: (ts_us, metric).
@@ -184,21 +218,24 @@ pub struct Selection {
     pub descending: bool,
 }
 
-/// The device's key and its distinct metrics, or `None` when it has no readings (or does not
-/// exist). `GROUP BY device_pk, metric` on the primary key's prefix is a loose index scan: one
-/// index dive per metric, not a pass over every reading.
+/// The device's key and the metrics it has reported, or `None` when it has none (or does not
+/// exist). One short primary-key range of `device_metrics`.
 pub async fn metrics_of(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Option<(u64, Vec<String>)>> {
-    let rows: Vec<DeviceMetric> = diesel::sql_query(
-        "SELECT device_pk, metric FROM readings \
-         WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) GROUP BY device_pk, metric",
-    )
-    .bind::<Varchar, _>(device_id)
-    .load(conn)
-    .await?;
-    let Some(pk) = <[DeviceMetric]>::first(&rows).map(|r| r.device_pk) else { return Ok(None) };
-    let mut metrics: Vec<String> = rows.into_iter().map(|r| r.metric).collect();
-    metrics.sort();
-    Ok(Some((pk, metrics)))
+    use diesel::NullableExpressionMethods as _;
+    // Query builder rather than SQL text, so the prepared statement is reused per connection.
+    let rows: Vec<(u64, String)> = device_metrics::table
+        .filter(
+            device_metrics::device_pk.nullable().eq(devices_table::table
+                .filter(devices_table::device_id.eq(device_id))
+                .select(devices_table::id)
+                .single_value()),
+        )
+        .select((device_metrics::device_pk, device_metrics::metric))
+        .order(device_metrics::metric.asc())
+        .load(conn)
+        .await?;
+    let Some(pk) = <[(u64, String)]>::first(&rows).map(|r| r.0) else { return Ok(None) };
+    Ok(Some((pk, rows.into_iter().map(|r| r.1).collect())))
 }
 
 /// The `[lo, hi)` time bounds of one metric's part of a page that starts after `after`.
@@ -241,6 +278,13 @@ pub async fn page(
     if parts.is_empty() {
         return Ok((Vec::new(), false));
     }
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+    if let [(metric, lo, hi)] = parts[..] {
+        let mut rows = single_metric_page(conn, selection, metric, lo, hi, fetch).await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        return Ok((rows, more));
+    }
     let order = if selection.descending { "DESC" } else { "ASC" };
     let part = format!(
         "SELECT metric, ts_us, value FROM readings WHERE {} AND metric = ? AND ts_us >= ? AND ts_us < ? \
@@ -253,7 +297,6 @@ pub async fn page(
         let union = vec![format!("({part})"); parts.len()].join(" UNION ALL ");
         format!("{union} ORDER BY ts_us {order}, metric {order} LIMIT ?")
     };
-    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
     let mut query: BoxedSqlQuery<'_, Mysql, _> = diesel::sql_query(sql).into_boxed();
     for (metric, lo, hi) in &parts {
         query = selection.device.bind(query);
@@ -272,20 +315,53 @@ pub async fn page(
     Ok((rows, more))
 }
 
-/// The newest reading of each metric in one query: the inner MAX per (device, metric) is a
-/// loose index scan, the join back a primary-key lookup per metric. Empty when the device has
-/// no readings or does not exist.
-pub async fn latest(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Vec<Point>> {
-    Ok(diesel::sql_query(
-        "SELECT r.metric AS metric, r.ts_us AS ts_us, r.value AS value \
-         FROM (SELECT device_pk, metric, MAX(ts_us) AS ts_us FROM readings \
-               WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) GROUP BY device_pk, metric) m \
-         JOIN readings r ON r.device_pk = m.device_pk AND r.metric = m.metric AND r.ts_us = m.ts_us \
-         ORDER BY r.metric",
-    )
-    .bind::<Varchar, _>(device_id)
-    .load(conn)
-    .await?)
+/// The common case of one metric, built with the query builder rather than as SQL text: its
+/// statement is prepared once per connection and then reused, one round trip per page.
+async fn single_metric_page(
+    conn: &mut AsyncMysqlConnection,
+    selection: &Selection,
+    metric: &str,
+    lo: i64,
+    hi: i64,
+    fetch: i64,
+) -> Result<Vec<Point>> {
+    use diesel::{BoolExpressionMethods as _, NullableExpressionMethods as _};
+    let mut query = readings::table
+        .select((readings::metric, readings::ts_us, readings::value))
+        .filter(readings::metric.eq(metric.to_string()).and(readings::ts_us.ge(lo)).and(readings::ts_us.lt(hi)))
+        .limit(fetch)
+        .into_boxed();
+    query = match &selection.device {
+        DeviceKey::Pk(pk) => query.filter(readings::device_pk.eq(*pk)),
+        DeviceKey::Id(id) => query.filter(
+            readings::device_pk.nullable().eq(devices_table::table
+                .filter(devices_table::device_id.eq(id.clone()))
+                .select(devices_table::id)
+                .single_value()),
+        ),
+    };
+    query = if selection.descending {
+        query.order(readings::ts_us.desc())
+    } else {
+        query.order(readings::ts_us.asc())
+    };
+    let rows: Vec<(String, i64, f64)> = query.load(conn).await?;
+    Ok(rows.into_iter().map(|(metric, ts_us, value)| Point { metric, ts_us, value }).collect())
+}
+
+/// The newest reading of each of `metrics`: per metric, one step backwards from the end of its
+/// primary-key range, all in one UNION ALL.
+pub async fn latest(conn: &mut AsyncMysqlConnection, device_pk: u64, metrics: &[String]) -> Result<Vec<Point>> {
+    if metrics.is_empty() {
+        return Ok(Vec::new());
+    }
+    let part = "(SELECT metric, ts_us, value FROM readings WHERE device_pk = ? AND metric = ? ORDER BY ts_us DESC LIMIT 1)";
+    let sql = format!("{} ORDER BY metric", vec![part; metrics.len()].join(" UNION ALL "));
+    let mut query: BoxedSqlQuery<'_, Mysql, _> = diesel::sql_query(sql).into_boxed();
+    for metric in metrics {
+        query = query.bind::<Unsigned<BigInt>, _>(device_pk).bind::<Varchar, _>(metric.clone());
+    }
+    Ok(query.load(conn).await?)
 }
 
 #[derive(Debug, Clone, PartialEq, QueryableByName)]

@@ -33,4 +33,13 @@ diesel::table! {
 
 diesel::joinable!(devices -> users (owner_id));
 diesel::joinable!(readings -> devices (device_pk));
-diesel::allow_tables_to_appear_in_same_query!(users, devices, readings);
+
+diesel::table! {
+    device_metrics (device_pk, metric) {
+        device_pk -> Unsigned<BigInt>,
+        metric -> Varchar,
+    }
+}
+
+diesel::joinable!(device_metrics -> devices (device_pk));
+diesel::allow_tables_to_appear_in_same_query!(users, devices, readings, device_metrics);

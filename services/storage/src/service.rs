@@ -31,11 +31,12 @@ pub struct StorageApi {
     db: Db,
     passwords: Arc<Passwords>,
     metrics: Arc<Metrics>,
+    known_metrics: Arc<readings::KnownMetrics>,
 }
 
 impl StorageApi {
     pub fn new(db: Db, passwords: Arc<Passwords>, metrics: Arc<Metrics>) -> Self {
-        Self { db, passwords, metrics }
+        Self { db, passwords, metrics, known_metrics: Arc::default() }
     }
 
     async fn observe<T>(&self, method: &'static str, work: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
@@ -367,7 +368,7 @@ impl StorageService for StorageApi {
             readings::validate_batch(&request.readings)?;
             let outcome = self
                 .db
-                .run(async |conn| readings::write(conn, &request.readings).await)
+                .run(async |conn| readings::write(conn, &request.readings, &self.known_metrics).await)
                 .await?;
             self.metrics.readings_inserted.inc_by(outcome.inserted);
             self.metrics.readings_duplicates.inc_by(outcome.duplicates);
@@ -454,12 +455,13 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let points = self
                 .db
-                .run(async |conn| {
-                    let points = readings::latest(conn, &request.device_id).await?;
-                    if points.is_empty() {
+                .run(async |conn| match readings::metrics_of(conn, &request.device_id).await? {
+                    Some((pk, metrics)) => readings::latest(conn, pk, &metrics).await,
+                    None => {
+                        // Nothing reported yet: NOT_FOUND if the device itself is missing.
                         devices::pk(conn, &request.device_id).await?;
+                        Ok(Vec::new())
                     }
-                    Ok(points)
                 })
                 .await?;
             Ok(pb::LatestReadingsResponse { readings: points.into_iter().map(point_to_pb).collect() })

@@ -97,13 +97,13 @@ async fn concurrent_starts_migrate_once() {
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let mut conn = db.connect().await;
     let applied: Option<u64> = conn.query_first("SELECT COUNT(*) FROM __diesel_schema_migrations").await.unwrap();
-    assert_eq!(applied, Some(3));
+    assert_eq!(applied, Some(5));
     let mut tables: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name")
         .await
         .unwrap();
     tables.sort();
-    assert_eq!(tables, vec!["__diesel_schema_migrations", "devices", "readings", "users"]);
+    assert_eq!(tables, vec!["__diesel_schema_migrations", "device_metrics", "devices", "readings", "users"]);
     drop((a, b, c));
 }
 

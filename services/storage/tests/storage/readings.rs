@@ -311,6 +311,13 @@ async fn delete_readings_removes_a_range() {
     let mut missing = delete("", 0, 0);
     missing.device_id = "missing".into();
     assert_eq!(code(app.client.delete_readings(missing).await), Code::NotFound);
+    // A metric whose readings are all gone no longer shows up in reads.
+    app.client.delete_readings(delete("a", 0, 0)).await.unwrap();
+    let latest = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
+    assert_eq!(got(&latest.readings), vec![(89, "b".into(), 2.0)]);
+    let rest = app.client.query_readings(query("dev", "", 0, 0, 0)).await.unwrap().into_inner();
+    assert_eq!(rest.readings.len(), 90);
+    assert!(rest.readings.iter().all(|p| p.metric == "b"));
     assert_eq!(code(app.client.delete_readings(delete("a", 20, 10)).await), Code::InvalidArgument);
     assert_eq!(code(app.client.delete_readings(delete("bad metric", 0, 0)).await), Code::InvalidArgument);
 }
