@@ -33,44 +33,25 @@ pub async fn metrics(req: ServiceRequest, next: Next<impl MessageBody>) -> Resul
     result
 }
 
-/// The server span of one request, child of the caller's `traceparent` if any. Handlers run
-/// inside it, so the gRPC client spans of their storage/session calls become its children.
+/// The server span of one request (`iot_runtime::telemetry::http`), child of the caller's
+/// `traceparent` if any. Handlers run inside it, so the gRPC client spans of their
+/// storage/session calls become its children. Outermost, so it sees every request.
 pub async fn trace(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    use tracing::{Instrument, field::Empty};
-    let route = req.match_pattern();
-    let method = req.method().as_str().to_string();
-    let name = match &route {
-        Some(route) => format!("{method} {route}"),
-        None => method.clone(),
-    };
-    let span = tracing::info_span!(
-        "http.server",
-        otel.name = %name,
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = %method,
-        http.route = route.as_deref().unwrap_or(""),
-        url.path = %req.path(),
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    // actix-web 4 has its own header types: hand the headers over as name/value pairs.
-    if let Some(parent) = iot_runtime::telemetry::http::extract_headers(
+    use iot_runtime::telemetry::http::{record_response, server_span};
+    use tracing::Instrument;
+    // actix-web 4 has its own header types: the headers go over as name/value pairs.
+    let span = server_span(
+        req.method().as_str(),
+        req.path(),
+        req.match_pattern().as_deref(),
         req.headers().iter().map(|(name, value)| (name.as_str(), value.as_bytes())),
-    ) {
-        iot_runtime::telemetry::set_parent(&span, parent);
-    }
+    );
     let result = next.call(req).instrument(span.clone()).await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(error) => error.as_response_error().status_code(),
     };
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    // Server spans: only 5xx are the server's failure (OpenTelemetry HTTP conventions).
-    if status.is_server_error() {
-        span.record("otel.status_code", "error");
-        span.record("error.type", status.as_str());
-    }
+    record_response(&span, status.as_u16());
     result
 }
 
