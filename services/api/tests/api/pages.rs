@@ -44,8 +44,28 @@ async fn login_device_list_and_device_page() {
     assert!(page.contains("<img id=\"chart\""), "{page}");
     assert!(page.contains("new EventSource("), "{page}");
 
-    // Logging out through the form ends the session.
+    // The admin registers a user through the page's form; the new user can log in.
     let csrf = page.split("name=\"csrf_token\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let list = browser.get(app.url("/devices")).send().await.unwrap().text().await.unwrap();
+    assert!(list.contains("action=\"/users\""), "admins get a registration form: {list}");
+    let response = browser
+        .post(app.url("/users"))
+        .form(&[("csrf_token", csrf.as_str()), ("username", "form-user"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let newcomer = client();
+    let response =
+        newcomer.post(app.url("/login")).form(&[("username", "form-user"), ("password", PASSWORD)]).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let list = newcomer.get(app.url("/devices")).send().await.unwrap().text().await.unwrap();
+    assert!(!list.contains(&id), "another user's device is not listed: {list}");
+    assert!(!list.contains("action=\"/users\""), "non-admins get no registration form");
+    let response = newcomer.get(app.url(&format!("/devices/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Logging out through the form ends the session.
     let response = browser.post(app.url("/logout")).form(&[("csrf_token", csrf.as_str())]).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let response = browser.get(app.url("/api/v1/sessions/current")).send().await.unwrap();
