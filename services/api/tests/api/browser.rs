@@ -15,7 +15,11 @@ use serde_json::{Value, json};
 
 use crate::helpers::{PASSWORD, spawn_app, unique_device};
 
-fn find_program(names: &[&str]) -> Option<PathBuf> {
+/// `env_var` if set (scripts/test.sh exports CHROMIUM_BIN), else the first of `names` on PATH.
+fn find_program(env_var: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
     let path = std::env::var_os("PATH")?;
     names.iter().find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }
@@ -93,7 +97,7 @@ impl WebDriver {
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_logs_in_sees_the_chart_and_a_live_reading() {
     let (Some(chromium), Some(chromedriver)) =
-        (find_program(&["chromium", "chromium-browser", "google-chrome"]), find_program(&["chromedriver"]))
+        (find_program("CHROMIUM_BIN", &["chromium", "chromium-browser", "google-chrome"]), find_program("CHROMEDRIVER_BIN", &["chromedriver"]))
     else {
         assert!(
             std::env::var_os("IOT_REQUIRE_BROWSER").is_none(),
