@@ -143,6 +143,7 @@ async fn scenario() {
     }
     for server in &servers {
         assert_eq!(server.attr("rpc.system"), Some("grpc"), "{all}");
+        assert_eq!(server.attr("trace_id"), Some(root_trace.as_str()), "log lines name the trace");
         assert_eq!(server.attr("rpc.service"), Some("grpc.health.v1.Health"));
         assert_eq!(server.attr("rpc.method"), Some("Check"));
         assert_eq!(server.attr("network.peer.address"), Some("127.0.0.1"));
@@ -180,6 +181,7 @@ async fn scenario() {
     let http_server = one(&trace, |s| s.attr("http.request.method") == Some("GET"), &all);
     assert_eq!(http_server.kind, CollectedSpan::KIND_SERVER);
     assert_eq!(http_server.parent_span_id.as_deref(), Some(root_span.span_id.as_str()));
+    assert_eq!(http_server.attr("trace_id"), Some(root_trace.as_str()));
     assert_eq!(http_server.attr("http.route"), Some("/api/v1/devices/{device_id}/readings"));
     assert_eq!(http_server.attr("url.path"), Some("/api/v1/devices/d1/readings"));
     assert_eq!(http_server.attr("user_agent.original"), Some("curl/8"));

@@ -106,6 +106,7 @@ pub fn server_span<B>(request: &http::Request<B>) -> Span {
         rpc.method = method,
         rpc.grpc.status_code = Empty,
         error.type = Empty,
+        trace_id = Empty,
         network.peer.address = Empty,
         network.peer.port = Empty,
     );
@@ -118,6 +119,7 @@ pub fn server_span<B>(request: &http::Request<B>) -> Span {
     if let Some(parent) = super::http::extract_header_map(request.headers()) {
         super::set_parent(&span, parent);
     }
+    super::record_trace_id(&span);
     span
 }
 

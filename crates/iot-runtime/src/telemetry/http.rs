@@ -38,10 +38,12 @@ where
         user_agent.original = user_agent,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if let Some(parent) = extract_headers(headers) {
         super::set_parent(&span, parent);
     }
+    super::record_trace_id(&span);
     span
 }
 

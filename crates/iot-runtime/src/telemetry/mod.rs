@@ -179,6 +179,14 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// Fills the `trace_id` field of an entry span (server, consumer) so that log lines inside it
+/// name the trace. Starts the OpenTelemetry span: call it after the parent is set.
+pub(crate) fn record_trace_id(span: &tracing::Span) {
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id);
+    }
+}
+
 /// Writes `cx` as `traceparent` (and `tracestate`) through any carrier.
 pub fn inject_with(cx: &Context, carrier: &mut dyn Injector) {
     if cx.span().span_context().is_valid() {

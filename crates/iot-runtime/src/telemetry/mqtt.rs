@@ -46,10 +46,12 @@ pub fn process_span(
         messaging.destination.subscription.name = subscription,
         messaging.message.body.size = body_size,
         error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     if let Some(parent) = extract_user_properties(properties) {
         super::set_parent(&span, parent);
     }
+    super::record_trace_id(&span);
     span
 }
 
@@ -73,6 +75,7 @@ where
         messaging.destination.subscription.name = subscription,
         messaging.batch.message_count = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     let mut count = 0_i64;
     let mut parent = None;
@@ -89,6 +92,7 @@ where
         super::set_parent(&span, parent);
     }
     span.record("messaging.batch.message_count", count);
+    super::record_trace_id(&span);
     span
 }
 
