@@ -1,7 +1,14 @@
 //! The storage service: the only owner of the relational database. Users, devices and
 //! readings over gRPC (`iot.storage.v1.StorageService`), on MariaDB/MySQL through diesel-async.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use iot_proto::storage::v1::storage_service_server::StorageServiceServer;
@@ -84,6 +91,8 @@ pub struct Application {
     api: service::StorageApi,
     db: db::Db,
     shutdown_grace: Duration,
+    /// Set when shutdown begins, so that /readyz turns 503 while calls in flight drain.
+    draining: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -112,15 +121,23 @@ impl Application {
         let grpc_addr = grpc_listener.local_addr()?;
         let ops_shutdown = CancellationToken::new();
         let readiness_db = db.clone();
+        let draining = Arc::new(AtomicBool::new(false));
+        let readiness_draining = draining.clone();
         let readiness = ReadinessCheck::new(move || {
             let db = readiness_db.clone();
-            async move { db::ping(&db).await.map_err(|e| e.to_string()) }
+            let draining = readiness_draining.load(Ordering::SeqCst);
+            async move {
+                if draining {
+                    return Err("shutting down".to_string());
+                }
+                db::ping(&db).await.map_err(|e| e.to_string())
+            }
         });
         let ops = OpsServer::start(config.metrics_addr, registry, readiness, ops_shutdown.clone())
             .await
             .with_context(|| format!("cannot bind the ops address {}", config.metrics_addr))?;
         tracing::info!(%grpc_addr, "storage gRPC server listening");
-        Ok(Self { grpc_listener, grpc_addr, ops, ops_shutdown, api, db, shutdown_grace })
+        Ok(Self { grpc_listener, grpc_addr, ops, ops_shutdown, api, db, shutdown_grace, draining })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -149,8 +166,10 @@ impl Application {
         let on_shutdown = {
             let shutdown = shutdown.clone();
             let reporter = reporter.clone();
+            let draining = self.draining.clone();
             async move {
                 shutdown.cancelled().await;
+                draining.store(true, Ordering::SeqCst);
                 reporter.set_not_serving::<StorageServiceServer<service::StorageApi>>().await;
                 reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 tracing::info!("storage shutting down: draining calls in flight");

@@ -178,3 +178,60 @@ async fn a_silent_database_gives_unavailable_within_the_bounds() {
     running.shutdown.cancel();
     running.task.await.unwrap().unwrap();
 }
+
+/// On shutdown, /readyz turns 503 at once (load balancers stop sending work) while a call in
+/// flight still completes; then the service stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_not_ready_and_drains_calls_in_flight() {
+    let db = TestDatabase::create().await;
+    let running = start(Config::for_tests(&db.url)).await;
+    let mut client = connect(running.grpc_addr).await;
+    let owner = client
+        .create_user(pb::CreateUserRequest {
+            username: "u".into(),
+            password: "password-1".into(),
+            is_admin: false,
+            only_if_first: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .create_device(pb::CreateDeviceRequest {
+            device_id: "dev".into(),
+            owner_id: owner.id,
+            name: "n".into(),
+            attributes_json: String::new(),
+        })
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..3_000).map(|i| reading("dev", "m", i, i as f64)).collect();
+    client.write_readings(pb::WriteReadingsRequest { readings: batch }).await.unwrap();
+
+    // A stream of 30 small chunks that the client reads slowly keeps a call open.
+    let mut request = crate::helpers::query("dev", "m", 0, 0, 100);
+    request.limit = 100;
+    let mut stream = client.stream_readings(request).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.readings.len(), 100);
+
+    running.shutdown.cancel();
+    let readyz = format!("http://{}/readyz", running.metrics_addr);
+    let status = eventually("/readyz reports the shutdown", Duration::from_secs(10), || {
+        let readyz = readyz.clone();
+        async move {
+            let status = reqwest::get(&readyz).await.ok()?.status();
+            (status == 503).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(!running.task.is_finished(), "stopped before the call in flight finished");
+
+    let mut received = first.readings.len();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        received += chunk.readings.len();
+    }
+    assert_eq!(received, 3_000, "the call in flight was cut short");
+    tokio::time::timeout(Duration::from_secs(15), running.task).await.expect("did not stop").unwrap().unwrap();
+}
