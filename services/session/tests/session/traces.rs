@@ -49,11 +49,18 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
         .env("OTEL_TRACES_SAMPLER_ARG", "1.0")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .env_remove("OTEL_SDK_DISABLED")
-        .stdout(Stdio::inherit())
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
+    let mut stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut logs = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut logs).unwrap();
+        logs
+    });
     wait_for_port(grpc_addr, Duration::from_secs(20)).await;
     // A readiness probe pings Redis; probes must not produce traces.
     let readyz = reqwest::get(format!("http://{metrics_addr}/readyz")).await.unwrap();
@@ -88,6 +95,14 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
 
     let exited_cleanly = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(15))).await.unwrap();
     assert!(exited_cleanly, "iot-session did not exit 0 on SIGTERM");
+    let logs = logs.join().unwrap();
+    print!("{logs}");
+    let created_line =
+        logs.lines().find(|line| line.contains("session created")).expect("a 'session created' log line");
+    assert!(
+        created_line.contains(&format!("\"trace_id\":\"{create_trace}\"")),
+        "the log line names the trace: {created_line}"
+    );
     let spans = receiver
         .wait_for_spans(
             |spans| spans.iter().filter(|s| s.service_name == "iot-session").count() >= 6,
