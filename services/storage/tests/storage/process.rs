@@ -46,6 +46,30 @@ async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
         assert_eq!(answer.status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
+    // Reflection, as grpcurl uses it: the storage and health services are listed.
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers =
+            reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected reflection answer {answer:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"iot.storage.v1.StorageService".to_string()), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    }
+
     let mut client = connect(grpc_addr).await;
     assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
