@@ -109,7 +109,7 @@ pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading], known_met
         devices::pks(conn, &wanted).await?.into_iter().map(|(pk, id)| (id, pk)).collect();
     let unknown_devices: Vec<String> =
         wanted.iter().filter(|id| !known.contains_key(**id)).map(|id| id.to_string()).collect();
-    let rows: Vec<NewReading<'_>> = batch
+    let mut rows: Vec<NewReading<'_>> = batch
         .iter()
         .filter_map(|r| {
             known.get(&r.device_id).map(|&device_pk| NewReading {
@@ -120,6 +120,10 @@ pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading], known_met
             })
         })
         .collect();
+    // Every writer takes row locks in key order, so two replicas writing overlapping batches
+    // (a redelivery) wait for each other instead of deadlocking.
+    // Stable, so that within a batch the first reading of a key is still the one stored.
+    rows.sort_by(|a, b| (a.device_pk, a.metric, a.ts_us).cmp(&(b.device_pk, b.metric, b.ts_us)));
     let total = rows.len() as u64;
     // Recorded before the readings: a reader may briefly see a metric without rows, never rows
     // without their metric.

@@ -368,3 +368,51 @@ async fn bad_readings_are_refused_whole() {
         Code::InvalidArgument
     );
 }
+
+/// Replicas writing overlapping batches at once (a redelivery racing the original): every key
+/// is stored once, and the inserted counts add up to exactly the distinct keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_overlapping_writes_store_each_key_once() {
+    let mut app = app_with_device("a").await;
+    let owner = app.user("other").await;
+    app.device(owner.id, "b").await;
+    let keys: Vec<pb::Reading> = (0..2_000)
+        .map(|i| reading(["a", "b"][i % 2], ["x", "y", "z"][i % 3], (i / 6) as i64, i as f64))
+        .collect();
+    let mut calls = Vec::new();
+    for writer in 0..4usize {
+        // Each writer sends the keys in a different order, and in batches of different sizes.
+        let mut mine = keys.clone();
+        mine.rotate_left(writer * 500);
+        if writer % 2 == 1 {
+            mine.reverse();
+        }
+        let client = app.client.clone();
+        calls.push(tokio::spawn(async move {
+            let mut inserted = 0;
+            for batch in mine.chunks(300 + writer * 200) {
+                loop {
+                    let mut client = client.clone();
+                    match client.write_readings(pb::WriteReadingsRequest { readings: batch.to_vec() }).await {
+                        Ok(answer) => {
+                            let answer = answer.into_inner();
+                            assert_eq!(answer.inserted + answer.duplicates, batch.len() as u64);
+                            inserted += answer.inserted;
+                            break;
+                        }
+                        // A transient lock conflict is reported as retryable.
+                        Err(status) if status.code() == Code::Unavailable => continue,
+                        Err(status) => panic!("{status:?}"),
+                    }
+                }
+            }
+            inserted
+        }));
+    }
+    let mut total = 0;
+    for call in calls {
+        total += call.await.unwrap();
+    }
+    assert_eq!(total, 2_000);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 2_000);
+}
