@@ -5,14 +5,13 @@ use std::collections::{BTreeSet, HashMap};
 use base64::Engine as _;
 use diesel::{
     ExpressionMethods as _, Insertable, QueryDsl as _, QueryableByName,
-    mysql::Mysql,
-    query_builder::BoxedSqlQuery,
     sql_types::{BigInt, Double, Unsigned, Varchar},
 };
 use diesel_async::{AsyncConnection as _, AsyncMysqlConnection, RunQueryDsl};
 use iot_proto::storage::v1::Reading;
 
 use crate::{
+    cached_sql::{Bind, CachedSql, MAX_CACHED_PARTS},
     devices,
     error::{Result, StorageError},
     schema::{device_metrics, devices as devices_table, readings},
@@ -203,10 +202,10 @@ impl DeviceKey {
         }
     }
 
-    fn bind<'a, Q>(&self, query: BoxedSqlQuery<'a, Mysql, Q>) -> BoxedSqlQuery<'a, Mysql, Q> {
+    fn bind(&self) -> Bind {
         match self {
-            Self::Pk(pk) => query.bind::<Unsigned<BigInt>, _>(*pk),
-            Self::Id(id) => query.bind::<Varchar, _>(id.clone()),
+            Self::Pk(pk) => Bind::U64(*pk),
+            Self::Id(id) => Bind::Text(id.clone()),
         }
     }
 }
@@ -295,24 +294,16 @@ pub async fn page(
          ORDER BY ts_us {order} LIMIT ?",
         selection.device.condition()
     );
-    let sql = if parts.len() == 1 {
-        part
-    } else {
-        let union = vec![format!("({part})"); parts.len()].join(" UNION ALL ");
-        format!("{union} ORDER BY ts_us {order}, metric {order} LIMIT ?")
-    };
-    let mut query: BoxedSqlQuery<'_, Mysql, _> = diesel::sql_query(sql).into_boxed();
+    // One part was handled above, so this is a union of two or more.
+    let union = vec![format!("({part})"); parts.len()].join(" UNION ALL ");
+    let sql = format!("{union} ORDER BY ts_us {order}, metric {order} LIMIT ?");
+    let mut binds = Vec::with_capacity(parts.len() * 5 + 1);
     for (metric, lo, hi) in &parts {
-        query = selection.device.bind(query);
-        query = query
-            .bind::<Varchar, _>(metric.to_string())
-            .bind::<BigInt, _>(*lo)
-            .bind::<BigInt, _>(*hi)
-            .bind::<BigInt, _>(fetch);
+        binds.push(selection.device.bind());
+        binds.extend([Bind::Text(metric.to_string()), Bind::I64(*lo), Bind::I64(*hi), Bind::I64(fetch)]);
     }
-    if parts.len() > 1 {
-        query = query.bind::<BigInt, _>(fetch);
-    }
+    binds.push(Bind::I64(fetch));
+    let query = CachedSql::new(sql, binds, parts.len() <= MAX_CACHED_PARTS);
     let mut rows: Vec<Point> = query.load(conn).await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
@@ -361,11 +352,8 @@ pub async fn latest(conn: &mut AsyncMysqlConnection, device_pk: u64, metrics: &[
     }
     let part = "(SELECT metric, ts_us, value FROM readings WHERE device_pk = ? AND metric = ? ORDER BY ts_us DESC LIMIT 1)";
     let sql = format!("{} ORDER BY metric", vec![part; metrics.len()].join(" UNION ALL "));
-    let mut query: BoxedSqlQuery<'_, Mysql, _> = diesel::sql_query(sql).into_boxed();
-    for metric in metrics {
-        query = query.bind::<Unsigned<BigInt>, _>(device_pk).bind::<Varchar, _>(metric.clone());
-    }
-    Ok(query.load(conn).await?)
+    let binds = metrics.iter().flat_map(|metric| [Bind::U64(device_pk), Bind::Text(metric.clone())]).collect();
+    Ok(CachedSql::new(sql, binds, metrics.len() <= MAX_CACHED_PARTS).load(conn).await?)
 }
 
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
