@@ -110,8 +110,18 @@ impl Mosquitto {
     }
 
     async fn spawn(&mut self) {
+        // Started as root, Mosquitto switches to the `mosquitto` user, which cannot write the
+        // persistence file into this root-owned 0700 temporary directory: a restart would then
+        // lose every session and queued message. `user <ourselves>` keeps it as it is.
+        let user = Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|name| format!("user {}\n", name.trim()))
+            .unwrap_or_default();
         let config = format!(
-            "listener {port} 127.0.0.1\npersistence_location {dir}/\n{extra}\n",
+            "{user}listener {port} 127.0.0.1\npersistence_location {dir}/\n{extra}\n",
             port = self.port,
             dir = self.dir.path().display(),
             extra = self.extra_config
