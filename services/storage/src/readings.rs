@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use base64::Engine as _;
 use diesel::{
     ExpressionMethods as _, Insertable, QueryDsl as _, QueryableByName,
-    sql_types::{BigInt, Double, Unsigned, Varchar},
+    sql_types::{BigInt, Double, Varchar},
 };
 use diesel_async::{AsyncConnection as _, AsyncMysqlConnection, RunQueryDsl};
 use iot_proto::storage::v1::Reading;
@@ -381,21 +381,20 @@ pub async fn aggregate(
     to_us: i64,
     bucket_us: i64,
 ) -> Result<Vec<BucketRow>> {
-    let rows: Vec<BucketRow> = diesel::sql_query(
-        "SELECT CAST((ts_us DIV ?) * ? AS SIGNED) AS start_us, COUNT(*) AS count, \
-         MIN(value) AS min, MAX(value) AS max, AVG(value) AS avg \
-         FROM readings WHERE device_pk = ? AND metric = ? AND ts_us >= ? AND ts_us < ? \
-         GROUP BY start_us ORDER BY start_us LIMIT ?",
-    )
-    .bind::<BigInt, _>(bucket_us)
-    .bind::<BigInt, _>(bucket_us)
-    .bind::<Unsigned<BigInt>, _>(device_pk)
-    .bind::<Varchar, _>(metric)
-    .bind::<BigInt, _>(from_us)
-    .bind::<BigInt, _>(to_us)
-    .bind::<BigInt, _>(MAX_BUCKETS + 1)
-    .load(conn)
-    .await?;
+    let sql = "SELECT CAST((ts_us DIV ?) * ? AS SIGNED) AS start_us, COUNT(*) AS count, \
+               MIN(value) AS min, MAX(value) AS max, AVG(value) AS avg \
+               FROM readings WHERE device_pk = ? AND metric = ? AND ts_us >= ? AND ts_us < ? \
+               GROUP BY start_us ORDER BY start_us LIMIT ?";
+    let binds = vec![
+        Bind::I64(bucket_us),
+        Bind::I64(bucket_us),
+        Bind::U64(device_pk),
+        Bind::Text(metric.to_string()),
+        Bind::I64(from_us),
+        Bind::I64(to_us),
+        Bind::I64(MAX_BUCKETS + 1),
+    ];
+    let rows: Vec<BucketRow> = CachedSql::new(sql.to_string(), binds, true).load(conn).await?;
     if rows.len() as i64 > MAX_BUCKETS {
         return Err(StorageError::invalid(format!(
             "bucket_us: more than {MAX_BUCKETS} buckets in the range; use wider buckets or a shorter range"
