@@ -60,7 +60,9 @@ impl TcpProxy {
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { continue };
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
                 match accept_shared.mode.load(Ordering::SeqCst) {
                     // Refused: the client sees its connection closed at once, as with a
                     // server that is down, and the port stays ours for the restore.
@@ -129,7 +131,9 @@ impl Drop for TcpProxy {
 
 async fn forward(mut client: TcpStream, shared: Arc<Shared>) {
     let mut epoch = shared.epoch.subscribe();
-    let Ok(mut server) = TcpStream::connect(&shared.upstream).await else { return };
+    let Ok(mut server) = TcpStream::connect(&shared.upstream).await else {
+        return;
+    };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     tokio::select! {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool::Runtime;
-use diesel::{QueryableByName, sql_types::BigInt};
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
+use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{
     AsyncMysqlConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
@@ -23,7 +23,9 @@ pub type DbConn = deadpool::managed::Object<MysqlManager>;
 
 /// Same shape as diesel-async's helper: lets `run` demand a `Send` future from an async closure
 /// that borrows the connection, which tonic's handlers need.
-pub trait AsyncFunc<T, R>: AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut {
+pub trait AsyncFunc<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as AsyncFunc<T, R>>::Fut
+{
     type Fut: Future<Output = R>;
 }
 
@@ -43,7 +45,10 @@ pub struct Db {
 
 impl Db {
     pub fn new(pool: DbPool, query_timeout: Duration) -> Self {
-        Self { pool, query_timeout }
+        Self {
+            pool,
+            query_timeout,
+        }
     }
 
     pub fn pool(&self) -> &DbPool {
@@ -64,9 +69,14 @@ impl Db {
             + Send,
         T: Send,
     {
-        let mut checkout = Checkout { conn: Some(self.conn().await?), keep: false };
+        let mut checkout = Checkout {
+            conn: Some(self.conn().await?),
+            keep: false,
+        };
         let Some(conn) = checkout.conn.as_mut() else {
-            return Err(StorageError::Unexpected(anyhow::anyhow!("checked-out connection missing")));
+            return Err(StorageError::Unexpected(anyhow::anyhow!(
+                "checked-out connection missing"
+            )));
         };
         let result = self.bounded(work(conn)).await;
         checkout.keep = !matches!(result, Err(StorageError::Unavailable(_)));
@@ -142,12 +152,20 @@ impl Manager for MysqlManager {
     type Error = ConnPoolError;
 
     async fn create(&self) -> Result<AsyncMysqlConnection, ConnPoolError> {
-        establish(self.url.clone()).await.map_err(ConnPoolError::ConnectionError)
+        establish(self.url.clone())
+            .await
+            .map_err(ConnPoolError::ConnectionError)
     }
 
-    async fn recycle(&self, conn: &mut AsyncMysqlConnection, metrics: &Metrics) -> RecycleResult<ConnPoolError> {
+    async fn recycle(
+        &self,
+        conn: &mut AsyncMysqlConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<ConnPoolError> {
         if conn.is_broken() {
-            return Err(RecycleError::message("connection left in a broken transaction state"));
+            return Err(RecycleError::message(
+                "connection left in a broken transaction state",
+            ));
         }
         if metrics.last_used() >= self.verify_after_idle {
             diesel::sql_query("SELECT 1")
@@ -165,7 +183,10 @@ pub struct PoolSettings {
 }
 
 pub fn build_pool(url: &str, settings: &PoolSettings) -> anyhow::Result<DbPool> {
-    let manager = MysqlManager { url: url.to_string(), verify_after_idle: Duration::from_secs(1) };
+    let manager = MysqlManager {
+        url: url.to_string(),
+        verify_after_idle: Duration::from_secs(1),
+    };
     DbPool::builder(manager)
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.connect_timeout))
@@ -193,13 +214,18 @@ pub async fn ensure_database(url: &str, timeout: Duration) -> anyhow::Result<()>
         .context("cannot connect to the database server")?;
     // Asked first so that an account without the CREATE privilege works on an existing database.
     let exists: Option<String> = conn
-        .exec_first("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", (name.as_str(),))
+        .exec_first(
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+            (name.as_str(),),
+        )
         .await
         .context("cannot list databases")?;
     if exists.is_none() {
-        conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-            .await
-            .with_context(|| format!("cannot create database {name}"))?;
+        conn.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .await
+        .with_context(|| format!("cannot create database {name}"))?;
         tracing::info!(database = %name, "created database");
     }
     let _ = conn.disconnect().await;
@@ -231,7 +257,8 @@ pub async fn run_migrations(url: &str, timeout: Duration) -> anyhow::Result<()> 
     // diesel's migration harness is synchronous: run it on a blocking thread through the
     // wrapper, which drives the async connection with the runtime handle.
     let conn = tokio::task::spawn_blocking(move || -> anyhow::Result<AsyncMysqlConnection> {
-        let mut wrapper: AsyncConnectionWrapper<AsyncMysqlConnection> = AsyncConnectionWrapper::from(conn);
+        let mut wrapper: AsyncConnectionWrapper<AsyncMysqlConnection> =
+            AsyncConnectionWrapper::from(conn);
         let applied = wrapper
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
@@ -245,9 +272,11 @@ pub async fn run_migrations(url: &str, timeout: Duration) -> anyhow::Result<()> 
     let mut conn = conn;
     // Closing the connection would release the lock too; releasing it keeps the others from
     // waiting for the close to be noticed.
-    let _ = diesel::sql_query("SELECT RELEASE_LOCK(CONCAT('iot_storage_migrations.', MD5(DATABASE())))")
-        .execute(&mut conn)
-        .await;
+    let _ = diesel::sql_query(
+        "SELECT RELEASE_LOCK(CONCAT('iot_storage_migrations.', MD5(DATABASE())))",
+    )
+    .execute(&mut conn)
+    .await;
     Ok(())
 }
 
@@ -259,4 +288,3 @@ pub async fn ping(db: &Db) -> Result<()> {
     })
     .await
 }
-

@@ -50,25 +50,45 @@ pub async fn create(
 ) -> Result<DeviceRow> {
     let at = now();
     let inserted = diesel::insert_into(devices::table)
-        .values(&NewDevice { device_id, owner_id, name, attributes_json, created_at: at, updated_at: at })
+        .values(&NewDevice {
+            device_id,
+            owner_id,
+            name,
+            attributes_json,
+            created_at: at,
+            updated_at: at,
+        })
         .execute(&mut *conn)
         .await;
     match inserted {
         Ok(_) => {}
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            return Err(StorageError::AlreadyExists(format!("device {device_id:?} already exists")));
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => {
+            return Err(StorageError::AlreadyExists(format!(
+                "device {device_id:?} already exists"
+            )));
         }
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::ForeignKeyViolation, _)) => {
-            return Err(StorageError::NotFound(format!("owner user {owner_id} does not exist")));
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _,
+        )) => {
+            return Err(StorageError::NotFound(format!(
+                "owner user {owner_id} does not exist"
+            )));
         }
         Err(e) => return Err(e.into()),
     }
-    by_device_id(conn, device_id)
-        .await?
-        .ok_or_else(|| StorageError::NotFound(format!("device {device_id:?} was deleted concurrently")))
+    by_device_id(conn, device_id).await?.ok_or_else(|| {
+        StorageError::NotFound(format!("device {device_id:?} was deleted concurrently"))
+    })
 }
 
-pub async fn by_device_id(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Option<DeviceRow>> {
+pub async fn by_device_id(
+    conn: &mut AsyncMysqlConnection,
+    device_id: &str,
+) -> Result<Option<DeviceRow>> {
     Ok(devices::table
         .filter(devices::device_id.eq(device_id))
         .select(DeviceRow::as_select())
@@ -92,8 +112,11 @@ pub async fn list(
     if let Some(after) = after {
         query = query.filter(devices::device_id.gt(after.to_string()));
     }
-    let mut rows: Vec<DeviceRow> =
-        query.order(devices::device_id.asc()).limit(page_size + 1).load(conn).await?;
+    let mut rows: Vec<DeviceRow> = query
+        .order(devices::device_id.asc())
+        .limit(page_size + 1)
+        .load(conn)
+        .await?;
     let more = rows.len() as i64 > page_size;
     rows.truncate(usize::try_from(page_size).unwrap_or(0));
     Ok((rows, more))
@@ -105,14 +128,20 @@ pub async fn update(
     name: Option<&str>,
     attributes_json: Option<&str>,
 ) -> Result<DeviceRow> {
-    let changes = DeviceChanges { name, attributes_json, updated_at: now() };
+    let changes = DeviceChanges {
+        name,
+        attributes_json,
+        updated_at: now(),
+    };
     conn.transaction::<_, StorageError, _>(async |conn| {
         let matched = diesel::update(devices::table.filter(devices::device_id.eq(device_id)))
             .set(&changes)
             .execute(&mut *conn)
             .await?;
         if matched == 0 {
-            return Err(StorageError::NotFound(format!("device {device_id:?} not found")));
+            return Err(StorageError::NotFound(format!(
+                "device {device_id:?} not found"
+            )));
         }
         by_device_id(conn, device_id)
             .await?
@@ -123,7 +152,9 @@ pub async fn update(
 
 /// Deletes the device and, through ON DELETE CASCADE, its readings.
 pub async fn delete(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<bool> {
-    let deleted = diesel::delete(devices::table.filter(devices::device_id.eq(device_id))).execute(conn).await?;
+    let deleted = diesel::delete(devices::table.filter(devices::device_id.eq(device_id)))
+        .execute(conn)
+        .await?;
     Ok(deleted > 0)
 }
 
@@ -143,7 +174,10 @@ pub async fn pk(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<u64>
 const LOOKUP_CHUNK: usize = 5_000;
 
 /// Resolves many public ids, in one query unless the batch names thousands of devices.
-pub async fn pks(conn: &mut AsyncMysqlConnection, device_ids: &[&str]) -> Result<Vec<(u64, String)>> {
+pub async fn pks(
+    conn: &mut AsyncMysqlConnection,
+    device_ids: &[&str],
+) -> Result<Vec<(u64, String)>> {
     let mut found = Vec::with_capacity(device_ids.len());
     for chunk in device_ids.chunks(LOOKUP_CHUNK) {
         let rows: Vec<(u64, String)> = devices::table

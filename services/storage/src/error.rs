@@ -120,7 +120,9 @@ impl From<StorageError> for tonic::Status {
             StorageError::InvalidArgument(message) => tonic::Status::invalid_argument(message),
             StorageError::NotFound(message) => tonic::Status::not_found(message),
             StorageError::AlreadyExists(message) => tonic::Status::already_exists(message),
-            StorageError::FailedPrecondition(message) => tonic::Status::failed_precondition(message),
+            StorageError::FailedPrecondition(message) => {
+                tonic::Status::failed_precondition(message)
+            }
             StorageError::Unavailable(message) => {
                 tracing::warn!(%message, "database unavailable");
                 tonic::Status::unavailable(format!("database unavailable: {message}"))

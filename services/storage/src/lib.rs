@@ -39,7 +39,11 @@ pub struct Config {
     #[arg(long, env = "STORAGE_METRICS_ADDR", default_value = "127.0.0.1:9102")]
     pub metrics_addr: SocketAddr,
     /// MySQL/MariaDB URL including the database, which is created if missing.
-    #[arg(long, env = "STORAGE_DATABASE_URL", default_value = "mysql://root@127.0.0.1:3306/iot")]
+    #[arg(
+        long,
+        env = "STORAGE_DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/iot"
+    )]
     pub database_url: String,
     /// Maximum number of pooled database connections.
     #[arg(long, env = "STORAGE_DB_POOL_SIZE", default_value_t = 16)]
@@ -78,7 +82,10 @@ impl Config {
     }
 
     fn seconds(value: f64, name: &str) -> anyhow::Result<Duration> {
-        Duration::try_from_secs_f64(value).ok().filter(|d| !d.is_zero()).with_context(|| format!("{name} must be a positive number of seconds"))
+        Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("{name} must be a positive number of seconds"))
     }
 }
 
@@ -108,7 +115,10 @@ impl Application {
 
         let pool = db::build_pool(
             &config.database_url,
-            &db::PoolSettings { max_size: config.db_pool_size, connect_timeout },
+            &db::PoolSettings {
+                max_size: config.db_pool_size,
+                connect_timeout,
+            },
         )?;
         let db = db::Db::new(pool.clone(), query_timeout);
         let registry = prometheus::Registry::new();
@@ -134,11 +144,25 @@ impl Application {
                 db::ping(&db).await.map_err(|e| e.to_string())
             }
         });
-        let ops = OpsServer::start(config.metrics_addr, registry, readiness, ops_shutdown.clone())
-            .await
-            .with_context(|| format!("cannot bind the ops address {}", config.metrics_addr))?;
+        let ops = OpsServer::start(
+            config.metrics_addr,
+            registry,
+            readiness,
+            ops_shutdown.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot bind the ops address {}", config.metrics_addr))?;
         tracing::info!(%grpc_addr, "storage gRPC server listening");
-        Ok(Self { grpc_listener, grpc_addr, ops, ops_shutdown, api, db, shutdown_grace, draining })
+        Ok(Self {
+            grpc_listener,
+            grpc_addr,
+            ops,
+            ops_shutdown,
+            api,
+            db,
+            shutdown_grace,
+            draining,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -154,8 +178,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (reporter, health_service) = iot_runtime::grpc::health();
         let (reflection_v1, reflection_v1alpha) = iot_runtime::grpc::reflection()?;
-        reporter.set_serving::<StorageServiceServer<service::StorageApi>>().await;
-        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        reporter
+            .set_serving::<StorageServiceServer<service::StorageApi>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
 
         let incoming = TcpListenerStream::new(self.grpc_listener).map(|stream| {
             if let Ok(stream) = &stream {
@@ -171,8 +199,12 @@ impl Application {
             async move {
                 shutdown.cancelled().await;
                 draining.store(true, Ordering::SeqCst);
-                reporter.set_not_serving::<StorageServiceServer<service::StorageApi>>().await;
-                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                reporter
+                    .set_not_serving::<StorageServiceServer<service::StorageApi>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
                 tracing::info!("storage shutting down: draining calls in flight");
             }
         };
@@ -180,7 +212,9 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(StorageServiceServer::new(self.api).max_decoding_message_size(64 * 1024 * 1024))
+            .add_service(
+                StorageServiceServer::new(self.api).max_decoding_message_size(64 * 1024 * 1024),
+            )
             .serve_with_incoming_shutdown(incoming, on_shutdown);
         // A client that keeps a call open must not hold the process past its grace period.
         let grace = self.shutdown_grace;
@@ -206,7 +240,11 @@ impl Application {
 
 /// Creates the database if needed and migrates it, retrying while the server is not reachable
 /// yet (it may be starting next to us).
-async fn prepare_database(url: &str, connect_timeout: Duration, startup_timeout: Duration) -> anyhow::Result<()> {
+async fn prepare_database(
+    url: &str,
+    connect_timeout: Duration,
+    startup_timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + startup_timeout;
     let mut delay = Duration::from_millis(200);
     loop {
@@ -228,5 +266,8 @@ async fn prepare_database(url: &str, connect_timeout: Duration, startup_timeout:
 
 /// Builds and runs until `shutdown` is cancelled (what `main` calls).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config).await?.run_until_stopped(shutdown).await
+    Application::build(config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }

@@ -19,18 +19,31 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &Registry, pool: DbPool) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("storage_grpc_requests_total", "gRPC requests handled, by method and status code"),
+            Opts::new(
+                "storage_grpc_requests_total",
+                "gRPC requests handled, by method and status code",
+            ),
             &["method", "code"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("storage_grpc_request_duration_seconds", "gRPC request latency, by method and status code")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "storage_grpc_request_duration_seconds",
+                "gRPC request latency, by method and status code",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["method", "code"],
         )?;
-        let readings_inserted =
-            IntCounter::new("storage_readings_inserted_total", "readings stored (new keys)")?;
-        let readings_duplicates =
-            IntCounter::new("storage_readings_duplicates_total", "readings skipped because their key was already stored")?;
+        let readings_inserted = IntCounter::new(
+            "storage_readings_inserted_total",
+            "readings stored (new keys)",
+        )?;
+        let readings_duplicates = IntCounter::new(
+            "storage_readings_duplicates_total",
+            "readings skipped because their key was already stored",
+        )?;
         let readings_unknown_device = IntCounter::new(
             "storage_readings_unknown_device_total",
             "readings skipped because their device is not registered",
@@ -41,13 +54,21 @@ impl Metrics {
         registry.register(Box::new(readings_duplicates.clone()))?;
         registry.register(Box::new(readings_unknown_device.clone()))?;
         registry.register(Box::new(PoolCollector::new(pool)?))?;
-        Ok(Self { requests, latency, readings_inserted, readings_duplicates, readings_unknown_device })
+        Ok(Self {
+            requests,
+            latency,
+            readings_inserted,
+            readings_duplicates,
+            readings_unknown_device,
+        })
     }
 
     pub fn observe(&self, method: &str, code: tonic::Code, seconds: f64) {
         let code = code_label(code);
         self.requests.with_label_values(&[method, code]).inc();
-        self.latency.with_label_values(&[method, code]).observe(seconds);
+        self.latency
+            .with_label_values(&[method, code])
+            .observe(seconds);
     }
 }
 
@@ -87,17 +108,35 @@ impl PoolCollector {
     fn new(pool: DbPool) -> prometheus::Result<Self> {
         Ok(Self {
             pool,
-            max: IntGauge::new("storage_db_pool_max_size", "configured maximum of pooled database connections")?,
-            size: IntGauge::new("storage_db_pool_size", "database connections currently open by the pool")?,
-            available: IntGauge::new("storage_db_pool_available", "idle database connections in the pool")?,
-            waiting: IntGauge::new("storage_db_pool_waiting", "requests waiting for a database connection")?,
+            max: IntGauge::new(
+                "storage_db_pool_max_size",
+                "configured maximum of pooled database connections",
+            )?,
+            size: IntGauge::new(
+                "storage_db_pool_size",
+                "database connections currently open by the pool",
+            )?,
+            available: IntGauge::new(
+                "storage_db_pool_available",
+                "idle database connections in the pool",
+            )?,
+            waiting: IntGauge::new(
+                "storage_db_pool_waiting",
+                "requests waiting for a database connection",
+            )?,
         })
     }
 }
 
 impl Collector for PoolCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [self.max.desc(), self.size.desc(), self.available.desc(), self.waiting.desc()].concat()
+        [
+            self.max.desc(),
+            self.size.desc(),
+            self.available.desc(),
+            self.waiting.desc(),
+        ]
+        .concat()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -107,6 +146,12 @@ impl Collector for PoolCollector {
         gauge(&self.size, status.size);
         gauge(&self.available, status.available);
         gauge(&self.waiting, status.waiting);
-        [self.max.collect(), self.size.collect(), self.available.collect(), self.waiting.collect()].concat()
+        [
+            self.max.collect(),
+            self.size.collect(),
+            self.available.collect(),
+            self.waiting.collect(),
+        ]
+        .concat()
     }
 }

@@ -54,7 +54,9 @@ impl KnownMetrics {
     const CAPACITY: usize = 100_000;
 
     fn unknown(&self, pairs: impl Iterator<Item = DeviceMetric>) -> Vec<DeviceMetric> {
-        let Ok(known) = self.0.lock() else { return pairs.collect() };
+        let Ok(known) = self.0.lock() else {
+            return pairs.collect();
+        };
         let mut fresh: Vec<DeviceMetric> = pairs.filter(|pair| !known.contains(pair)).collect();
         fresh.sort_by(|a, b| (a.device_pk, &a.metric).cmp(&(b.device_pk, &b.metric)));
         fresh.dedup();
@@ -98,16 +100,26 @@ pub fn validate_batch(batch: &[Reading]) -> Result<()> {
 /// Resolves the batch's device ids in one query, then inserts the readings of known devices
 /// with multi-row `INSERT IGNORE`: a key already present is skipped, which is what makes a
 /// redelivered batch harmless. Affected rows count what was new; the rest were duplicates.
-pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading], known_metrics: &KnownMetrics) -> Result<WriteOutcome> {
+pub async fn write(
+    conn: &mut AsyncMysqlConnection,
+    batch: &[Reading],
+    known_metrics: &KnownMetrics,
+) -> Result<WriteOutcome> {
     if batch.is_empty() {
         return Ok(WriteOutcome::default());
     }
     let wanted: BTreeSet<&str> = batch.iter().map(|r| r.device_id.as_str()).collect();
     let wanted: Vec<&str> = wanted.into_iter().collect();
-    let known: HashMap<String, u64> =
-        devices::pks(conn, &wanted).await?.into_iter().map(|(pk, id)| (id, pk)).collect();
-    let unknown_devices: Vec<String> =
-        wanted.iter().filter(|id| !known.contains_key(**id)).map(|id| id.to_string()).collect();
+    let known: HashMap<String, u64> = devices::pks(conn, &wanted)
+        .await?
+        .into_iter()
+        .map(|(pk, id)| (id, pk))
+        .collect();
+    let unknown_devices: Vec<String> = wanted
+        .iter()
+        .filter(|id| !known.contains_key(**id))
+        .map(|id| id.to_string())
+        .collect();
     let mut rows: Vec<NewReading<'_>> = batch
         .iter()
         .filter_map(|r| {
@@ -126,29 +138,43 @@ pub async fn write(conn: &mut AsyncMysqlConnection, batch: &[Reading], known_met
     let total = rows.len() as u64;
     // Recorded before the readings: a reader may briefly see a metric without rows, never rows
     // without their metric.
-    let new_metrics =
-        known_metrics.unknown(rows.iter().map(|r| DeviceMetric { device_pk: r.device_pk, metric: r.metric.to_string() }));
+    let new_metrics = known_metrics.unknown(rows.iter().map(|r| DeviceMetric {
+        device_pk: r.device_pk,
+        metric: r.metric.to_string(),
+    }));
     for chunk in new_metrics.chunks(INSERT_CHUNK_ROWS) {
-        diesel::insert_or_ignore_into(device_metrics::table).values(chunk).execute(&mut *conn).await?;
+        diesel::insert_or_ignore_into(device_metrics::table)
+            .values(chunk)
+            .execute(&mut *conn)
+            .await?;
     }
     known_metrics.remember(new_metrics);
     let inserted = if rows.is_empty() {
         0
     } else if rows.len() <= INSERT_CHUNK_ROWS {
         // One statement is atomic on its own: no transaction round trips needed.
-        diesel::insert_or_ignore_into(readings::table).values(&rows).execute(conn).await? as u64
+        diesel::insert_or_ignore_into(readings::table)
+            .values(&rows)
+            .execute(conn)
+            .await? as u64
     } else {
         conn.transaction::<_, StorageError, _>(async |conn| {
             let mut inserted = 0u64;
             for chunk in rows.chunks(INSERT_CHUNK_ROWS) {
-                inserted +=
-                    diesel::insert_or_ignore_into(readings::table).values(chunk).execute(&mut *conn).await? as u64;
+                inserted += diesel::insert_or_ignore_into(readings::table)
+                    .values(chunk)
+                    .execute(&mut *conn)
+                    .await? as u64;
             }
             Ok(inserted)
         })
         .await?
     };
-    Ok(WriteOutcome { inserted, duplicates: total.saturating_sub(inserted), unknown_devices })
+    Ok(WriteOutcome {
+        inserted,
+        duplicates: total.saturating_sub(inserted),
+        unknown_devices,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -170,18 +196,24 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("r1:{}:{}", self.ts_us, self.metric))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("r1:{}:{}", self.ts_us, self.metric))
     }
 
     pub fn decode(token: &str) -> Result<Self> {
         let invalid = || StorageError::invalid("cursor: not a cursor returned by this service");
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let rest = text.strip_prefix("r1:").ok_or_else(invalid)?;
         let (ts, metric) = rest.split_once(':').ok_or_else(invalid)?;
         let ts_us = ts.parse().map_err(|_| invalid())?;
         validate::metric("cursor", metric).map_err(|_| invalid())?;
-        Ok(Self { ts_us, metric: metric.to_string() })
+        Ok(Self {
+            ts_us,
+            metric: metric.to_string(),
+        })
     }
 }
 
@@ -223,7 +255,10 @@ pub struct Selection {
 
 /// The device's key and the metrics it has reported, or `None` when it has none (or does not
 /// exist). One short primary-key range of `device_metrics`.
-pub async fn metrics_of(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<Option<(u64, Vec<String>)>> {
+pub async fn metrics_of(
+    conn: &mut AsyncMysqlConnection,
+    device_id: &str,
+) -> Result<Option<(u64, Vec<String>)>> {
     use diesel::NullableExpressionMethods as _;
     // Query builder rather than SQL text, so the prepared statement is reused per connection.
     let rows: Vec<(u64, String)> = device_metrics::table
@@ -237,7 +272,9 @@ pub async fn metrics_of(conn: &mut AsyncMysqlConnection, device_id: &str) -> Res
         .order(device_metrics::metric.asc())
         .load(conn)
         .await?;
-    let Some(pk) = <[(u64, String)]>::first(&rows).map(|r| r.0) else { return Ok(None) };
+    let Some(pk) = <[(u64, String)]>::first(&rows).map(|r| r.0) else {
+        return Ok(None);
+    };
     Ok(Some((pk, rows.into_iter().map(|r| r.1).collect())))
 }
 
@@ -249,10 +286,18 @@ fn bounds(selection: &Selection, metric: &str, after: Option<&Cursor>) -> (i64, 
     let (mut lo, mut hi) = (selection.from_us, selection.to_us);
     if let Some(cursor) = after {
         if selection.descending {
-            let end = if metric < cursor.metric.as_str() { cursor.ts_us.saturating_add(1) } else { cursor.ts_us };
+            let end = if metric < cursor.metric.as_str() {
+                cursor.ts_us.saturating_add(1)
+            } else {
+                cursor.ts_us
+            };
             hi = hi.min(end);
         } else {
-            let start = if metric > cursor.metric.as_str() { cursor.ts_us } else { cursor.ts_us.saturating_add(1) };
+            let start = if metric > cursor.metric.as_str() {
+                cursor.ts_us
+            } else {
+                cursor.ts_us.saturating_add(1)
+            };
             lo = lo.max(start);
         }
     }
@@ -300,7 +345,12 @@ pub async fn page(
     let mut binds = Vec::with_capacity(parts.len() * 5 + 1);
     for (metric, lo, hi) in &parts {
         binds.push(selection.device.bind());
-        binds.extend([Bind::Text(metric.to_string()), Bind::I64(*lo), Bind::I64(*hi), Bind::I64(fetch)]);
+        binds.extend([
+            Bind::Text(metric.to_string()),
+            Bind::I64(*lo),
+            Bind::I64(*hi),
+            Bind::I64(fetch),
+        ]);
     }
     binds.push(Bind::I64(fetch));
     let query = CachedSql::new(sql, binds, parts.len() <= MAX_CACHED_PARTS);
@@ -323,7 +373,12 @@ async fn single_metric_page(
     use diesel::{BoolExpressionMethods as _, NullableExpressionMethods as _};
     let mut query = readings::table
         .select((readings::metric, readings::ts_us, readings::value))
-        .filter(readings::metric.eq(metric.to_string()).and(readings::ts_us.ge(lo)).and(readings::ts_us.lt(hi)))
+        .filter(
+            readings::metric
+                .eq(metric.to_string())
+                .and(readings::ts_us.ge(lo))
+                .and(readings::ts_us.lt(hi)),
+        )
         .limit(fetch)
         .into_boxed();
     query = match &selection.device {
@@ -341,19 +396,40 @@ async fn single_metric_page(
         query.order(readings::ts_us.asc())
     };
     let rows: Vec<(String, i64, f64)> = query.load(conn).await?;
-    Ok(rows.into_iter().map(|(metric, ts_us, value)| Point { metric, ts_us, value }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(metric, ts_us, value)| Point {
+            metric,
+            ts_us,
+            value,
+        })
+        .collect())
 }
 
 /// The newest reading of each of `metrics`: per metric, one step backwards from the end of its
 /// primary-key range, all in one UNION ALL.
-pub async fn latest(conn: &mut AsyncMysqlConnection, device_pk: u64, metrics: &[String]) -> Result<Vec<Point>> {
+pub async fn latest(
+    conn: &mut AsyncMysqlConnection,
+    device_pk: u64,
+    metrics: &[String],
+) -> Result<Vec<Point>> {
     if metrics.is_empty() {
         return Ok(Vec::new());
     }
     let part = "(SELECT metric, ts_us, value FROM readings WHERE device_pk = ? AND metric = ? ORDER BY ts_us DESC LIMIT 1)";
-    let sql = format!("{} ORDER BY metric", vec![part; metrics.len()].join(" UNION ALL "));
-    let binds = metrics.iter().flat_map(|metric| [Bind::U64(device_pk), Bind::Text(metric.clone())]).collect();
-    Ok(CachedSql::new(sql, binds, metrics.len() <= MAX_CACHED_PARTS).load(conn).await?)
+    let sql = format!(
+        "{} ORDER BY metric",
+        vec![part; metrics.len()].join(" UNION ALL ")
+    );
+    let binds = metrics
+        .iter()
+        .flat_map(|metric| [Bind::U64(device_pk), Bind::Text(metric.clone())])
+        .collect();
+    Ok(
+        CachedSql::new(sql, binds, metrics.len() <= MAX_CACHED_PARTS)
+            .load(conn)
+            .await?,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -394,7 +470,9 @@ pub async fn aggregate(
         Bind::I64(to_us),
         Bind::I64(MAX_BUCKETS + 1),
     ];
-    let rows: Vec<BucketRow> = CachedSql::new(sql.to_string(), binds, true).load(conn).await?;
+    let rows: Vec<BucketRow> = CachedSql::new(sql.to_string(), binds, true)
+        .load(conn)
+        .await?;
     if rows.len() as i64 > MAX_BUCKETS {
         return Err(StorageError::invalid(format!(
             "bucket_us: more than {MAX_BUCKETS} buckets in the range; use wider buckets or a shorter range"
@@ -415,7 +493,11 @@ pub async fn delete(
         .filter(readings::ts_us.ge(from_us))
         .filter(readings::ts_us.lt(to_us));
     let deleted = match metric {
-        Some(metric) => diesel::delete(range.filter(readings::metric.eq(metric))).execute(conn).await?,
+        Some(metric) => {
+            diesel::delete(range.filter(readings::metric.eq(metric)))
+                .execute(conn)
+                .await?
+        }
         None => diesel::delete(range).execute(conn).await?,
     };
     Ok(deleted as u64)

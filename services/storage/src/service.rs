@@ -4,11 +4,11 @@
 use std::{sync::Arc, time::Instant};
 
 use base64::Engine as _;
+use diesel_async::AsyncMysqlConnection;
 use iot_proto::storage::v1::{
     self as pb, get_user_request, storage_service_server::StorageService,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use diesel_async::AsyncMysqlConnection;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -36,23 +36,38 @@ pub struct StorageApi {
 
 impl StorageApi {
     pub fn new(db: Db, passwords: Arc<Passwords>, metrics: Arc<Metrics>) -> Self {
-        Self { db, passwords, metrics, known_metrics: Arc::default() }
+        Self {
+            db,
+            passwords,
+            metrics,
+            known_metrics: Arc::default(),
+        }
     }
 
-    async fn observe<T>(&self, method: &'static str, work: impl Future<Output = Result<T>>) -> Result<Response<T>, Status> {
+    async fn observe<T>(
+        &self,
+        method: &'static str,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let result = work.await.map_err(Status::from);
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        self.metrics.observe(method, code, started.elapsed().as_secs_f64());
+        self.metrics
+            .observe(method, code, started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 }
 
 fn user_to_pb(row: &UserRow) -> pb::User {
-    pb::User { id: row.id, username: row.username.clone(), is_admin: row.is_admin, created_at_us: micros(row.created_at) }
+    pb::User {
+        id: row.id,
+        username: row.username.clone(),
+        is_admin: row.is_admin,
+        created_at_us: micros(row.created_at),
+    }
 }
 
 fn device_to_pb(row: DeviceRow) -> pb::Device {
@@ -67,7 +82,11 @@ fn device_to_pb(row: DeviceRow) -> pb::Device {
 }
 
 fn point_to_pb(point: readings::Point) -> pb::ReadingPoint {
-    pb::ReadingPoint { metric: point.metric, ts_us: point.ts_us, value: point.value }
+    pb::ReadingPoint {
+        metric: point.metric,
+        ts_us: point.ts_us,
+        value: point.value,
+    }
 }
 
 fn encode_page_token(device_id: &str) -> String {
@@ -76,7 +95,9 @@ fn encode_page_token(device_id: &str) -> String {
 
 fn decode_page_token(token: &str) -> Result<String> {
     let invalid = || StorageError::invalid("page_token: not a token returned by this service");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let device_id = text.strip_prefix("d1:").ok_or_else(invalid)?;
     validate::device_id("page_token", device_id).map_err(|_| invalid())?;
@@ -107,7 +128,11 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
         0 => DEFAULT_READINGS_LIMIT,
         n => n.min(MAX_READINGS_LIMIT),
     };
-    let cursor = if request.cursor.is_empty() { None } else { Some(Cursor::decode(&request.cursor)?) };
+    let cursor = if request.cursor.is_empty() {
+        None
+    } else {
+        Some(Cursor::decode(&request.cursor)?)
+    };
     Ok(RangeRequest {
         device_id: request.device_id.clone(),
         metric,
@@ -123,32 +148,58 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
 async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<Selection> {
     let (device, metrics) = match &request.metric {
         // One metric: the page query itself resolves the device (see DeviceKey).
-        Some(metric) => (DeviceKey::Id(request.device_id.clone()), vec![metric.clone()]),
+        Some(metric) => (
+            DeviceKey::Id(request.device_id.clone()),
+            vec![metric.clone()],
+        ),
         None => match readings::metrics_of(conn, &request.device_id).await? {
             Some((pk, metrics)) => (DeviceKey::Pk(pk), metrics),
             // No readings at all: NOT_FOUND if the device itself is missing.
-            None => (DeviceKey::Pk(devices::pk(conn, &request.device_id).await?), Vec::new()),
+            None => (
+                DeviceKey::Pk(devices::pk(conn, &request.device_id).await?),
+                Vec::new(),
+            ),
         },
     };
-    Ok(Selection { device, metrics, from_us: request.from_us, to_us: request.to_us, descending: request.descending })
+    Ok(Selection {
+        device,
+        metrics,
+        from_us: request.from_us,
+        to_us: request.to_us,
+        descending: request.descending,
+    })
 }
 
-async fn query_page(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<pb::QueryReadingsResponse> {
+async fn query_page(
+    conn: &mut AsyncMysqlConnection,
+    request: &RangeRequest,
+) -> Result<pb::QueryReadingsResponse> {
     let selection = selection(conn, request).await?;
-    let (points, more) = readings::page(conn, &selection, request.cursor.as_ref(), request.limit).await?;
+    let (points, more) =
+        readings::page(conn, &selection, request.cursor.as_ref(), request.limit).await?;
     if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
         devices::pk(conn, &request.device_id).await?;
     }
     let next_cursor = match (more, points.last()) {
-        (true, Some(last)) => Cursor { ts_us: last.ts_us, metric: last.metric.clone() }.encode(),
+        (true, Some(last)) => Cursor {
+            ts_us: last.ts_us,
+            metric: last.metric.clone(),
+        }
+        .encode(),
         _ => String::new(),
     };
-    Ok(pb::QueryReadingsResponse { readings: points.into_iter().map(point_to_pb).collect(), next_cursor })
+    Ok(pb::QueryReadingsResponse {
+        readings: points.into_iter().map(point_to_pb).collect(),
+        next_cursor,
+    })
 }
 
 #[tonic::async_trait]
 impl StorageService for StorageApi {
-    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let request = request.into_inner();
         self.observe("CreateUser", async {
             validate::username(&request.username)?;
@@ -178,34 +229,50 @@ impl StorageService for StorageApi {
         self.observe("VerifyPassword", async {
             // A malformed username or password is simply "not valid", without a lookup, and
             // still pays for one hash so that its timing says nothing either.
-            let well_formed = validate::username(&request.username).is_ok() && request.password.len() <= 1024;
+            let well_formed =
+                validate::username(&request.username).is_ok() && request.password.len() <= 1024;
             let row = if well_formed {
-                self.db.run(async |conn| users::by_username(conn, &request.username).await).await?
+                self.db
+                    .run(async |conn| users::by_username(conn, &request.username).await)
+                    .await?
             } else {
                 None
             };
-            let valid = self.passwords.verify(request.password, row.as_ref().map(|r| r.password_hash.clone())).await?;
-            Ok(pb::VerifyPasswordResponse { valid, user: row.filter(|_| valid).as_ref().map(user_to_pb) })
+            let valid = self
+                .passwords
+                .verify(
+                    request.password,
+                    row.as_ref().map(|r| r.password_hash.clone()),
+                )
+                .await?;
+            Ok(pb::VerifyPasswordResponse {
+                valid,
+                user: row.filter(|_| valid).as_ref().map(user_to_pb),
+            })
         })
         .await
     }
 
-    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let request = request.into_inner();
         self.observe("GetUser", async {
             let row = match request.key {
-                Some(get_user_request::Key::Id(id)) => {
-                    self.db
-                        .run(async |conn| users::by_id(conn, id).await)
-                        .await?
-                        .ok_or_else(|| StorageError::not_found(format!("user {id} not found")))?
-                }
+                Some(get_user_request::Key::Id(id)) => self
+                    .db
+                    .run(async |conn| users::by_id(conn, id).await)
+                    .await?
+                    .ok_or_else(|| StorageError::not_found(format!("user {id} not found")))?,
                 Some(get_user_request::Key::Username(username)) => {
                     validate::username(&username)?;
                     self.db
                         .run(async |conn| users::by_username(conn, &username).await)
                         .await?
-                        .ok_or_else(|| StorageError::not_found(format!("user {username:?} not found")))?
+                        .ok_or_else(|| {
+                            StorageError::not_found(format!("user {username:?} not found"))
+                        })?
                 }
                 None => return Err(StorageError::invalid("key: give an id or a username")),
             };
@@ -223,12 +290,20 @@ impl StorageService for StorageApi {
             if request.id == 0 {
                 return Err(StorageError::invalid("id: required"));
             }
-            let deleted =
-                self.db.run(async |conn| users::delete(conn, request.id).await).await?;
+            let deleted = self
+                .db
+                .run(async |conn| users::delete(conn, request.id).await)
+                .await?;
             if !deleted {
-                return Err(StorageError::not_found(format!("user {} not found", request.id)));
+                return Err(StorageError::not_found(format!(
+                    "user {} not found",
+                    request.id
+                )));
             }
-            tracing::info!(user_id = request.id, "user deleted with its devices and readings");
+            tracing::info!(
+                user_id = request.id,
+                "user deleted with its devices and readings"
+            );
             Ok(pb::DeleteUserResponse {})
         })
         .await
@@ -245,7 +320,10 @@ impl StorageService for StorageApi {
         .await
     }
 
-    async fn create_device(&self, request: Request<pb::CreateDeviceRequest>) -> Result<Response<pb::Device>, Status> {
+    async fn create_device(
+        &self,
+        request: Request<pb::CreateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
         let request = request.into_inner();
         self.observe("CreateDevice", async {
             validate::device_id("device_id", &request.device_id)?;
@@ -273,7 +351,10 @@ impl StorageService for StorageApi {
         .await
     }
 
-    async fn get_device(&self, request: Request<pb::GetDeviceRequest>) -> Result<Response<pb::Device>, Status> {
+    async fn get_device(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
         let request = request.into_inner();
         self.observe("GetDevice", async {
             validate::device_id("device_id", &request.device_id)?;
@@ -281,7 +362,9 @@ impl StorageService for StorageApi {
                 .db
                 .run(async |conn| devices::by_device_id(conn, &request.device_id).await)
                 .await?
-                .ok_or_else(|| StorageError::not_found(format!("device {:?} not found", request.device_id)))?;
+                .ok_or_else(|| {
+                    StorageError::not_found(format!("device {:?} not found", request.device_id))
+                })?;
             Ok(device_to_pb(row))
         })
         .await
@@ -297,22 +380,34 @@ impl StorageService for StorageApi {
                 0 => DEFAULT_PAGE_SIZE,
                 n => n.min(MAX_PAGE_SIZE),
             };
-            let after = if request.page_token.is_empty() { None } else { Some(decode_page_token(&request.page_token)?) };
+            let after = if request.page_token.is_empty() {
+                None
+            } else {
+                Some(decode_page_token(&request.page_token)?)
+            };
             let owner = (request.owner_id != 0).then_some(request.owner_id);
             let (rows, more) = self
                 .db
-                .run(async |conn| devices::list(conn, owner, after.as_deref(), i64::from(page_size)).await)
+                .run(async |conn| {
+                    devices::list(conn, owner, after.as_deref(), i64::from(page_size)).await
+                })
                 .await?;
             let next_page_token = match (more, rows.last()) {
                 (true, Some(last)) => encode_page_token(&last.device_id),
                 _ => String::new(),
             };
-            Ok(pb::ListDevicesResponse { devices: rows.into_iter().map(device_to_pb).collect(), next_page_token })
+            Ok(pb::ListDevicesResponse {
+                devices: rows.into_iter().map(device_to_pb).collect(),
+                next_page_token,
+            })
         })
         .await
     }
 
-    async fn update_device(&self, request: Request<pb::UpdateDeviceRequest>) -> Result<Response<pb::Device>, Status> {
+    async fn update_device(
+        &self,
+        request: Request<pb::UpdateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
         let request = request.into_inner();
         self.observe("UpdateDevice", async {
             validate::device_id("device_id", &request.device_id)?;
@@ -351,7 +446,10 @@ impl StorageService for StorageApi {
                 .run(async |conn| devices::delete(conn, &request.device_id).await)
                 .await?;
             if !deleted {
-                return Err(StorageError::not_found(format!("device {:?} not found", request.device_id)));
+                return Err(StorageError::not_found(format!(
+                    "device {:?} not found",
+                    request.device_id
+                )));
             }
             tracing::info!(device_id = %request.device_id, "device deleted with its readings");
             Ok(pb::DeleteDeviceResponse {})
@@ -368,7 +466,9 @@ impl StorageService for StorageApi {
             readings::validate_batch(&request.readings)?;
             let outcome = self
                 .db
-                .run(async |conn| readings::write(conn, &request.readings, &self.known_metrics).await)
+                .run(async |conn| {
+                    readings::write(conn, &request.readings, &self.known_metrics).await
+                })
                 .await?;
             self.metrics.readings_inserted.inc_by(outcome.inserted);
             self.metrics.readings_duplicates.inc_by(outcome.duplicates);
@@ -396,7 +496,9 @@ impl StorageService for StorageApi {
         let request = request.into_inner();
         self.observe("QueryReadings", async {
             let range = range_request(&request)?;
-            self.db.run(async |conn| query_page(conn, &range).await).await
+            self.db
+                .run(async |conn| query_page(conn, &range).await)
+                .await
         })
         .await
     }
@@ -410,7 +512,10 @@ impl StorageService for StorageApi {
         let request = request.into_inner();
         self.observe("StreamReadings", async {
             let range = range_request(&request)?;
-            let selection = self.db.run(async |conn| selection(conn, &range).await).await?;
+            let selection = self
+                .db
+                .run(async |conn| selection(conn, &range).await)
+                .await?;
             // Two chunks in flight: the next page is read while the client takes the last one.
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             let db = self.db.clone();
@@ -419,13 +524,20 @@ impl StorageService for StorageApi {
                 loop {
                     // A connection per page: a slow reader must not hold one for the whole stream.
                     let page = db
-                        .run(async |conn| readings::page(conn, &selection, cursor.as_ref(), range.limit).await)
+                        .run(async |conn| {
+                            readings::page(conn, &selection, cursor.as_ref(), range.limit).await
+                        })
                         .await;
                     match page {
                         Ok((points, more)) => {
-                            cursor = points.last().map(|p| Cursor { ts_us: p.ts_us, metric: p.metric.clone() });
+                            cursor = points.last().map(|p| Cursor {
+                                ts_us: p.ts_us,
+                                metric: p.metric.clone(),
+                            });
                             if !points.is_empty() {
-                                let chunk = pb::ReadingsChunk { readings: points.into_iter().map(point_to_pb).collect() };
+                                let chunk = pb::ReadingsChunk {
+                                    readings: points.into_iter().map(point_to_pb).collect(),
+                                };
                                 if tx.send(Ok(chunk)).await.is_err() {
                                     return; // the client went away
                                 }
@@ -455,16 +567,20 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let points = self
                 .db
-                .run(async |conn| match readings::metrics_of(conn, &request.device_id).await? {
-                    Some((pk, metrics)) => readings::latest(conn, pk, &metrics).await,
-                    None => {
-                        // Nothing reported yet: NOT_FOUND if the device itself is missing.
-                        devices::pk(conn, &request.device_id).await?;
-                        Ok(Vec::new())
-                    }
-                })
+                .run(
+                    async |conn| match readings::metrics_of(conn, &request.device_id).await? {
+                        Some((pk, metrics)) => readings::latest(conn, pk, &metrics).await,
+                        None => {
+                            // Nothing reported yet: NOT_FOUND if the device itself is missing.
+                            devices::pk(conn, &request.device_id).await?;
+                            Ok(Vec::new())
+                        }
+                    },
+                )
                 .await?;
-            Ok(pb::LatestReadingsResponse { readings: points.into_iter().map(point_to_pb).collect() })
+            Ok(pb::LatestReadingsResponse {
+                readings: points.into_iter().map(point_to_pb).collect(),
+            })
         })
         .await
     }
@@ -488,7 +604,15 @@ impl StorageService for StorageApi {
                 .db
                 .run(async |conn| {
                     let pk = devices::pk(conn, &request.device_id).await?;
-                    readings::aggregate(conn, pk, &request.metric, request.from_us, to_us, request.bucket_us).await
+                    readings::aggregate(
+                        conn,
+                        pk,
+                        &request.metric,
+                        request.from_us,
+                        to_us,
+                        request.bucket_us,
+                    )
+                    .await
                 })
                 .await?;
             let buckets = rows

@@ -51,7 +51,9 @@ struct Flag {
 /// The current time as the database stores it (microseconds).
 pub fn now() -> NaiveDateTime {
     let micros = chrono::Utc::now().timestamp_micros();
-    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default().naive_utc()
+    chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .naive_utc()
 }
 
 pub fn micros(at: NaiveDateTime) -> i64 {
@@ -69,22 +71,38 @@ pub struct Passwords {
 
 impl Passwords {
     pub async fn new() -> anyhow::Result<Arc<Self>> {
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let dummy_hash = tokio::task::spawn_blocking(|| hash_blocking("not a password of anyone")).await??;
-        Ok(Arc::new(Self { permits: Semaphore::new(parallel.max(2)), dummy_hash }))
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let dummy_hash =
+            tokio::task::spawn_blocking(|| hash_blocking("not a password of anyone")).await??;
+        Ok(Arc::new(Self {
+            permits: Semaphore::new(parallel.max(2)),
+            dummy_hash,
+        }))
     }
 
     pub async fn hash(&self, password: String) -> Result<String> {
-        let _permit = self.permits.acquire().await.map_err(|e| anyhow::anyhow!(e))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         Ok(tokio::task::spawn_blocking(move || hash_blocking(&password)).await??)
     }
 
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
-        let _permit = self.permits.acquire().await.map_err(|e| anyhow::anyhow!(e))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         let matches = tokio::task::spawn_blocking(move || match PasswordHash::new(&hash) {
-            Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+            Ok(parsed) => Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
             Err(_) => false,
         })
         .await?;
@@ -103,59 +121,106 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
     Ok(hash.to_string())
 }
 
-async fn insert(conn: &mut AsyncMysqlConnection, username: &str, hash: &str, is_admin: bool) -> Result<UserRow> {
+async fn insert(
+    conn: &mut AsyncMysqlConnection,
+    username: &str,
+    hash: &str,
+    is_admin: bool,
+) -> Result<UserRow> {
     let created_at = now();
     let inserted = diesel::insert_into(users::table)
-        .values(&NewUser { username, password_hash: hash, is_admin, created_at })
+        .values(&NewUser {
+            username,
+            password_hash: hash,
+            is_admin,
+            created_at,
+        })
         .execute(conn)
         .await;
     match inserted {
         Ok(_) => {}
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {
-            return Err(StorageError::AlreadyExists(format!("username {username:?} is taken")));
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => {
+            return Err(StorageError::AlreadyExists(format!(
+                "username {username:?} is taken"
+            )));
         }
         Err(e) => return Err(e.into()),
     }
-    let InsertId { id } = diesel::sql_query("SELECT LAST_INSERT_ID() AS id").get_result(conn).await?;
-    Ok(UserRow { id, username: username.to_string(), password_hash: hash.to_string(), is_admin, created_at })
+    let InsertId { id } = diesel::sql_query("SELECT LAST_INSERT_ID() AS id")
+        .get_result(conn)
+        .await?;
+    Ok(UserRow {
+        id,
+        username: username.to_string(),
+        password_hash: hash.to_string(),
+        is_admin,
+        created_at,
+    })
 }
 
-pub async fn create(conn: &mut AsyncMysqlConnection, username: &str, hash: &str, is_admin: bool) -> Result<UserRow> {
+pub async fn create(
+    conn: &mut AsyncMysqlConnection,
+    username: &str,
+    hash: &str,
+    is_admin: bool,
+) -> Result<UserRow> {
     insert(conn, username, hash, is_admin).await
 }
 
 /// Creates the first user as admin, or fails with FAILED_PRECONDITION when any user exists.
 /// A named lock makes check-and-insert atomic: plain `INSERT ... WHERE NOT EXISTS` under
 /// InnoDB lets two empty-table transactions deadlock instead of one of them losing cleanly.
-pub async fn create_first(conn: &mut AsyncMysqlConnection, username: &str, hash: &str) -> Result<UserRow> {
-    let Flag { flag } =
-        diesel::sql_query("SELECT GET_LOCK(CONCAT('iot_storage_first_user.', MD5(DATABASE())), 10) AS flag")
-            .get_result(conn)
-            .await?;
+pub async fn create_first(
+    conn: &mut AsyncMysqlConnection,
+    username: &str,
+    hash: &str,
+) -> Result<UserRow> {
+    let Flag { flag } = diesel::sql_query(
+        "SELECT GET_LOCK(CONCAT('iot_storage_first_user.', MD5(DATABASE())), 10) AS flag",
+    )
+    .get_result(conn)
+    .await?;
     if flag != Some(1) {
-        return Err(StorageError::Unavailable("another first-user registration is in progress".into()));
+        return Err(StorageError::Unavailable(
+            "another first-user registration is in progress".into(),
+        ));
     }
     let result = async {
         let Flag { flag: exists } = diesel::sql_query("SELECT EXISTS(SELECT 1 FROM users) AS flag")
             .get_result(&mut *conn)
             .await?;
         if exists == Some(1) {
-            return Err(StorageError::FailedPrecondition("a user already exists".into()));
+            return Err(StorageError::FailedPrecondition(
+                "a user already exists".into(),
+            ));
         }
         insert(&mut *conn, username, hash, true).await
     }
     .await;
-    let _ = diesel::sql_query("SELECT RELEASE_LOCK(CONCAT('iot_storage_first_user.', MD5(DATABASE())))")
-        .execute(conn)
-        .await;
+    let _ = diesel::sql_query(
+        "SELECT RELEASE_LOCK(CONCAT('iot_storage_first_user.', MD5(DATABASE())))",
+    )
+    .execute(conn)
+    .await;
     result
 }
 
 pub async fn by_id(conn: &mut AsyncMysqlConnection, id: u64) -> Result<Option<UserRow>> {
-    Ok(users::table.find(id).select(UserRow::as_select()).first(conn).await.optional()?)
+    Ok(users::table
+        .find(id)
+        .select(UserRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }
 
-pub async fn by_username(conn: &mut AsyncMysqlConnection, username: &str) -> Result<Option<UserRow>> {
+pub async fn by_username(
+    conn: &mut AsyncMysqlConnection,
+    username: &str,
+) -> Result<Option<UserRow>> {
     Ok(users::table
         .filter(users::username.eq(username))
         .select(UserRow::as_select())

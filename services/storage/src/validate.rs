@@ -10,7 +10,11 @@ fn all_chars(value: &str, allowed: impl Fn(u8) -> bool) -> bool {
 }
 
 pub fn device_id(field: &str, value: &str) -> Result<()> {
-    if value.is_empty() || value.len() > 64 || !all_chars(value, |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    if value.is_empty()
+        || value.len() > 64
+        || !all_chars(value, |b| {
+            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+        })
     {
         return Err(StorageError::invalid(format!(
             "{field}: {value:?} is not a device id ([A-Za-z0-9_-]{{1,64}})"
@@ -22,7 +26,9 @@ pub fn device_id(field: &str, value: &str) -> Result<()> {
 pub fn metric(field: &str, value: &str) -> Result<()> {
     if value.is_empty()
         || value.len() > 64
-        || !all_chars(value, |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'))
+        || !all_chars(value, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-')
+        })
     {
         return Err(StorageError::invalid(format!(
             "{field}: {value:?} is not a metric name ([A-Za-z0-9_.:/-]{{1,64}})"
@@ -34,7 +40,9 @@ pub fn metric(field: &str, value: &str) -> Result<()> {
 pub fn username(value: &str) -> Result<()> {
     if value.is_empty()
         || value.len() > 64
-        || !all_chars(value, |b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+        || !all_chars(value, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-')
+        })
     {
         return Err(StorageError::invalid(format!(
             "username: {value:?} is not a valid username ([A-Za-z0-9_.@-]{{1,64}})"
@@ -45,7 +53,9 @@ pub fn username(value: &str) -> Result<()> {
 
 pub fn password(value: &str) -> Result<()> {
     if value.len() < 8 || value.len() > 1024 {
-        return Err(StorageError::invalid("password: must be 8 to 1024 bytes long"));
+        return Err(StorageError::invalid(
+            "password: must be 8 to 1024 bytes long",
+        ));
     }
     Ok(())
 }
@@ -53,10 +63,14 @@ pub fn password(value: &str) -> Result<()> {
 pub fn device_name(value: &str) -> Result<()> {
     let chars = value.chars().count();
     if chars == 0 || chars > 255 {
-        return Err(StorageError::invalid("name: must be 1 to 255 characters long"));
+        return Err(StorageError::invalid(
+            "name: must be 1 to 255 characters long",
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(StorageError::invalid("name: must not contain control characters"));
+        return Err(StorageError::invalid(
+            "name: must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -71,8 +85,12 @@ pub fn attributes_json(value: &str) -> Result<()> {
     }
     match serde_json::from_str::<serde_json::Value>(value) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(_) => Err(StorageError::invalid("attributes_json: must be a JSON object")),
-        Err(e) => Err(StorageError::invalid(format!("attributes_json: invalid JSON: {e}"))),
+        Ok(_) => Err(StorageError::invalid(
+            "attributes_json: must be a JSON object",
+        )),
+        Err(e) => Err(StorageError::invalid(format!(
+            "attributes_json: invalid JSON: {e}"
+        ))),
     }
 }
 
@@ -87,7 +105,9 @@ pub fn reading_ts(field: &str, ts_us: i64) -> Result<()> {
 
 pub fn value(field: &str, value: f64) -> Result<()> {
     if !value.is_finite() {
-        return Err(StorageError::invalid(format!("{field}: {value} is not a finite number")));
+        return Err(StorageError::invalid(format!(
+            "{field}: {value} is not a finite number"
+        )));
     }
     Ok(())
 }

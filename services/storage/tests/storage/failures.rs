@@ -41,7 +41,17 @@ async fn database_going_away_gives_unavailable_then_recovers() {
         })
         .await
         .unwrap();
-    assert_eq!(client.write_readings(pb::WriteReadingsRequest { readings: vec![reading("dev", "m", 1, 1.0)] }).await.unwrap().into_inner().inserted, 1);
+    assert_eq!(
+        client
+            .write_readings(pb::WriteReadingsRequest {
+                readings: vec![reading("dev", "m", 1, 1.0)]
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .inserted,
+        1
+    );
     assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
 
     proxy.cut();
@@ -49,33 +59,57 @@ async fn database_going_away_gives_unavailable_then_recovers() {
         let started = Instant::now();
         let result = tokio::time::timeout(
             Duration::from_secs(20),
-            client.get_device(pb::GetDeviceRequest { device_id: "dev".into() }),
+            client.get_device(pb::GetDeviceRequest {
+                device_id: "dev".into(),
+            }),
         )
         .await
         .expect("a call hung while the database was away");
         let status = result.expect_err("the database is cut off");
-        assert_eq!(status.code(), Code::Unavailable, "attempt {attempt}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "attempt {attempt}: {status:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(15));
         let write = tokio::time::timeout(
             Duration::from_secs(20),
-            client.write_readings(pb::WriteReadingsRequest { readings: vec![reading("dev", "m", 2, 2.0)] }),
+            client.write_readings(pb::WriteReadingsRequest {
+                readings: vec![reading("dev", "m", 2, 2.0)],
+            }),
         )
         .await
         .expect("a write hung while the database was away");
-        assert_eq!(write.expect_err("the database is cut off").code(), Code::Unavailable);
+        assert_eq!(
+            write.expect_err("the database is cut off").code(),
+            Code::Unavailable
+        );
     }
     assert_eq!(http.get(&readyz).send().await.unwrap().status(), 503);
 
     proxy.restore();
-    let device = eventually("storage serves again after the database returns", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move { client.get_device(pb::GetDeviceRequest { device_id: "dev".into() }).await.ok() }
-    })
+    let device = eventually(
+        "storage serves again after the database returns",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_device(pb::GetDeviceRequest {
+                        device_id: "dev".into(),
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await
     .into_inner();
     assert_eq!(device.owner_id, owner.id);
     let written = client
-        .write_readings(pb::WriteReadingsRequest { readings: vec![reading("dev", "m", 2, 2.0)] })
+        .write_readings(pb::WriteReadingsRequest {
+            readings: vec![reading("dev", "m", 2, 2.0)],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -96,14 +130,26 @@ async fn concurrent_starts_migrate_once() {
     );
     let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let mut conn = db.connect().await;
-    let applied: Option<u64> = conn.query_first("SELECT COUNT(*) FROM __diesel_schema_migrations").await.unwrap();
+    let applied: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM __diesel_schema_migrations")
+        .await
+        .unwrap();
     assert_eq!(applied, Some(5));
     let mut tables: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name")
         .await
         .unwrap();
     tables.sort();
-    assert_eq!(tables, vec!["__diesel_schema_migrations", "device_metrics", "devices", "readings", "users"]);
+    assert_eq!(
+        tables,
+        vec![
+            "__diesel_schema_migrations",
+            "device_metrics",
+            "devices",
+            "readings",
+            "users"
+        ]
+    );
     drop((a, b, c));
 }
 
@@ -112,11 +158,21 @@ async fn concurrent_starts_migrate_once() {
 async fn a_missing_database_is_created() {
     let db = TestDatabase::create().await;
     let mut conn = db.connect().await;
-    conn.query_drop(format!("DROP DATABASE `{}`", db.name)).await.unwrap();
+    conn.query_drop(format!("DROP DATABASE `{}`", db.name))
+        .await
+        .unwrap();
     drop(conn);
     let running = start(Config::for_tests(&db.url)).await;
     let mut client = connect(running.grpc_addr).await;
-    assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
+    assert_eq!(
+        client
+            .count_users(pb::CountUsersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        0
+    );
     let mut conn = db.connect().await;
     let collation: Option<String> = conn
         .query_first("SELECT default_collation_name FROM information_schema.schemata WHERE schema_name = DATABASE()")
@@ -136,7 +192,9 @@ async fn start_without_a_database_fails_in_bounded_time() {
     config.db_connect_timeout = 1.0;
     config.db_startup_timeout = 2.0;
     let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(30), Application::build(config)).await.expect("start hung");
+    let result = tokio::time::timeout(Duration::from_secs(30), Application::build(config))
+        .await
+        .expect("start hung");
     assert!(result.is_err());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
@@ -153,24 +211,47 @@ async fn a_silent_database_gives_unavailable_within_the_bounds() {
     config.db_query_timeout = 1.5;
     let running = start(config).await;
     let mut client = connect(running.grpc_addr).await;
-    assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
+    assert_eq!(
+        client
+            .count_users(pb::CountUsersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        0
+    );
 
     proxy.stall();
     for attempt in 0..3 {
         let started = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(20), client.count_users(pb::CountUsersRequest {}))
-            .await
-            .expect("a call hung on a silent database");
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.count_users(pb::CountUsersRequest {}),
+        )
+        .await
+        .expect("a call hung on a silent database");
         let status = result.expect_err("the database is silent");
-        assert_eq!(status.code(), Code::Unavailable, "attempt {attempt}: {status:?}");
-        assert!(started.elapsed() < Duration::from_secs(10), "attempt {attempt} took {:?}", started.elapsed());
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "attempt {attempt}: {status:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "attempt {attempt} took {:?}",
+            started.elapsed()
+        );
     }
 
     proxy.restore();
-    let count = eventually("storage serves again after the database answers", Duration::from_secs(30), || {
-        let mut client = client.clone();
-        async move { client.count_users(pb::CountUsersRequest {}).await.ok() }
-    })
+    let count = eventually(
+        "storage serves again after the database answers",
+        Duration::from_secs(30),
+        || {
+            let mut client = client.clone();
+            async move { client.count_users(pb::CountUsersRequest {}).await.ok() }
+        },
+    )
     .await
     .into_inner()
     .count;
@@ -205,8 +286,13 @@ async fn shutdown_reports_not_ready_and_drains_calls_in_flight() {
         })
         .await
         .unwrap();
-    let batch: Vec<_> = (0..3_000).map(|i| reading("dev", "m", i, i as f64)).collect();
-    client.write_readings(pb::WriteReadingsRequest { readings: batch }).await.unwrap();
+    let batch: Vec<_> = (0..3_000)
+        .map(|i| reading("dev", "m", i, i as f64))
+        .collect();
+    client
+        .write_readings(pb::WriteReadingsRequest { readings: batch })
+        .await
+        .unwrap();
 
     // A stream of 30 small chunks that the client reads slowly keeps a call open.
     let mut request = crate::helpers::query("dev", "m", 0, 0, 100);
@@ -217,21 +303,32 @@ async fn shutdown_reports_not_ready_and_drains_calls_in_flight() {
 
     running.shutdown.cancel();
     let readyz = format!("http://{}/readyz", running.metrics_addr);
-    let status = eventually("/readyz reports the shutdown", Duration::from_secs(10), || {
-        let readyz = readyz.clone();
-        async move {
-            let status = reqwest::get(&readyz).await.ok()?.status();
-            (status == 503).then_some(status)
-        }
-    })
+    let status = eventually(
+        "/readyz reports the shutdown",
+        Duration::from_secs(10),
+        || {
+            let readyz = readyz.clone();
+            async move {
+                let status = reqwest::get(&readyz).await.ok()?.status();
+                (status == 503).then_some(status)
+            }
+        },
+    )
     .await;
     assert_eq!(status, 503);
-    assert!(!running.task.is_finished(), "stopped before the call in flight finished");
+    assert!(
+        !running.task.is_finished(),
+        "stopped before the call in flight finished"
+    );
 
     let mut received = first.readings.len();
     while let Some(chunk) = stream.message().await.unwrap() {
         received += chunk.readings.len();
     }
     assert_eq!(received, 3_000, "the call in flight was cut short");
-    tokio::time::timeout(Duration::from_secs(15), running.task).await.expect("did not stop").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), running.task)
+        .await
+        .expect("did not stop")
+        .unwrap()
+        .unwrap();
 }

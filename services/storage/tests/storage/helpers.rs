@@ -41,7 +41,12 @@ pub async fn start(config: Config) -> Running {
     let metrics_addr = app.metrics_addr();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    Running { grpc_addr, metrics_addr, shutdown, task }
+    Running {
+        grpc_addr,
+        metrics_addr,
+        shutdown,
+        task,
+    }
 }
 
 pub async fn connect(addr: SocketAddr) -> Client {
@@ -96,7 +101,11 @@ impl TestApp {
     }
 
     pub async fn write(&mut self, readings: Vec<pb::Reading>) -> pb::WriteReadingsResponse {
-        self.client.write_readings(pb::WriteReadingsRequest { readings }).await.unwrap().into_inner()
+        self.client
+            .write_readings(pb::WriteReadingsRequest { readings })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// A number read straight from the database, for assertions on what is stored.
@@ -108,7 +117,12 @@ impl TestApp {
 }
 
 pub fn reading(device_id: &str, metric: &str, ts_us: i64, value: f64) -> pb::Reading {
-    pb::Reading { device_id: device_id.to_string(), metric: metric.to_string(), ts_us, value }
+    pb::Reading {
+        device_id: device_id.to_string(),
+        metric: metric.to_string(),
+        ts_us,
+        value,
+    }
 }
 
 pub fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
@@ -118,7 +132,13 @@ pub fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status
     }
 }
 
-pub fn query(device_id: &str, metric: &str, from_us: i64, to_us: i64, limit: u32) -> pb::QueryReadingsRequest {
+pub fn query(
+    device_id: &str,
+    metric: &str,
+    from_us: i64,
+    to_us: i64,
+    limit: u32,
+) -> pb::QueryReadingsRequest {
     pb::QueryReadingsRequest {
         device_id: device_id.to_string(),
         metric: metric.to_string(),

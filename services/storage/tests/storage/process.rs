@@ -5,7 +5,9 @@ use std::{
 
 use iot_proto::storage::v1 as pb;
 use iot_testkit::{ChildGuard, TestDatabase, free_port, wait_for_port};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 use crate::helpers::connect;
 
@@ -35,15 +37,42 @@ async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{metrics_port}");
-    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     for service in ["", "iot.storage.v1.StorageService"] {
-        let answer =
-            health.check(HealthCheckRequest { service: service.to_string() }).await.unwrap().into_inner();
-        assert_eq!(answer.status, ServingStatus::Serving as i32, "service {service:?}");
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            ServingStatus::Serving as i32,
+            "service {service:?}"
+        );
     }
 
     // Reflection, as grpcurl uses it: the storage and health services are listed.
@@ -52,39 +81,80 @@ async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
             ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
             server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         };
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let mut reflection = ServerReflectionClient::new(channel);
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
-        let mut answers =
-            reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
         let answer = answers.message().await.unwrap().unwrap();
         let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
             panic!("unexpected reflection answer {answer:?}")
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        assert!(names.contains(&"iot.storage.v1.StorageService".to_string()), "{names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"iot.storage.v1.StorageService".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
     }
 
     let mut client = connect(grpc_addr).await;
-    assert_eq!(client.count_users(pb::CountUsersRequest {}).await.unwrap().into_inner().count, 0);
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"storage_grpc_requests_total{code="OK",method="CountUsers"} 1"#), "{metrics}");
-    assert!(metrics.contains("storage_grpc_request_duration_seconds_bucket"), "{metrics}");
+    assert_eq!(
+        client
+            .count_users(pb::CountUsersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        0
+    );
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"storage_grpc_requests_total{code="OK",method="CountUsers"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("storage_grpc_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
     assert!(metrics.contains("storage_db_pool_max_size 4"), "{metrics}");
     assert!(metrics.contains("storage_db_pool_size"), "{metrics}");
-    assert!(metrics.contains("storage_readings_inserted_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("storage_readings_inserted_total 0"),
+        "{metrics}"
+    );
     drop(client);
     drop(health);
 
     // Off the runtime thread: the client side of open connections must keep running while the
     // server drains them.
-    let clean = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(15))).await.unwrap();
+    let clean = tokio::task::spawn_blocking(move || child.terminate(Duration::from_secs(15)))
+        .await
+        .unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(clean, "iot-storage did not exit 0 on SIGTERM; its log:\n{log}");
+    assert!(
+        clean,
+        "iot-storage did not exit 0 on SIGTERM; its log:\n{log}"
+    );
     assert!(log.contains("storage gRPC server listening"), "{log}");
 }

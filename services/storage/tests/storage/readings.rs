@@ -13,11 +13,17 @@ async fn app_with_device(device_id: &str) -> TestApp {
 }
 
 fn points(readings: &[pb::Reading]) -> Vec<(i64, String, f64)> {
-    readings.iter().map(|r| (r.ts_us, r.metric.clone(), r.value)).collect()
+    readings
+        .iter()
+        .map(|r| (r.ts_us, r.metric.clone(), r.value))
+        .collect()
 }
 
 fn got(points: &[pb::ReadingPoint]) -> Vec<(i64, String, f64)> {
-    points.iter().map(|p| (p.ts_us, p.metric.clone(), p.value)).collect()
+    points
+        .iter()
+        .map(|p| (p.ts_us, p.metric.clone(), p.value))
+        .collect()
 }
 
 #[tokio::test]
@@ -33,7 +39,12 @@ async fn written_readings_read_back_in_order() {
     assert_eq!((written.inserted, written.duplicates), (4, 0));
     assert!(written.unknown_devices.is_empty());
 
-    let all = app.client.query_readings(query("dev", "", 0, 0, 0)).await.unwrap().into_inner();
+    let all = app
+        .client
+        .query_readings(query("dev", "", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         got(&all.readings),
         vec![
@@ -46,9 +57,22 @@ async fn written_readings_read_back_in_order() {
     assert!(all.next_cursor.is_empty());
 
     // from inclusive, to exclusive, one metric.
-    let temp = app.client.query_readings(query("dev", "temperature", 1_000_000, 2_000_000, 0)).await.unwrap().into_inner();
-    assert_eq!(got(&temp.readings), vec![(1_000_000, "temperature".into(), 21.0)]);
-    let none = app.client.query_readings(query("dev", "pressure", 0, 0, 0)).await.unwrap().into_inner();
+    let temp = app
+        .client
+        .query_readings(query("dev", "temperature", 1_000_000, 2_000_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got(&temp.readings),
+        vec![(1_000_000, "temperature".into(), 21.0)]
+    );
+    let none = app
+        .client
+        .query_readings(query("dev", "pressure", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(none.readings.is_empty());
     let mut desc = query("dev", "", 0, 0, 0);
     desc.descending = true;
@@ -71,16 +95,35 @@ async fn unknown_devices_are_reported_and_skipped() {
         .await;
     assert_eq!(written.inserted, 1);
     assert_eq!(written.duplicates, 0);
-    assert_eq!(written.unknown_devices, vec!["ghost-a".to_string(), "ghost-b".to_string()]);
+    assert_eq!(
+        written.unknown_devices,
+        vec!["ghost-a".to_string(), "ghost-b".to_string()]
+    );
     assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 1);
     let empty = app.write(vec![]).await;
-    assert_eq!((empty.inserted, empty.duplicates, empty.unknown_devices.len()), (0, 0, 0));
+    assert_eq!(
+        (
+            empty.inserted,
+            empty.duplicates,
+            empty.unknown_devices.len()
+        ),
+        (0, 0, 0)
+    );
 }
 
 #[tokio::test]
 async fn rewriting_a_batch_stores_nothing_twice() {
     let mut app = app_with_device("dev").await;
-    let batch: Vec<_> = (0..300).map(|i| reading("dev", ["a", "b", "c"][i % 3], (i / 3) as i64 * 1_000, i as f64)).collect();
+    let batch: Vec<_> = (0..300)
+        .map(|i| {
+            reading(
+                "dev",
+                ["a", "b", "c"][i % 3],
+                (i / 3) as i64 * 1_000,
+                i as f64,
+            )
+        })
+        .collect();
     let first = app.write(batch.clone()).await;
     assert_eq!((first.inserted, first.duplicates), (300, 0));
     let second = app.write(batch.clone()).await;
@@ -95,14 +138,21 @@ async fn rewriting_a_batch_stores_nothing_twice() {
     assert_eq!((third.inserted, third.duplicates), (1, 151));
     assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 301);
     // The first write of a key wins; a redelivery never changes the stored value.
-    let new = app.client.query_readings(query("dev", "new", 0, 0, 0)).await.unwrap().into_inner();
+    let new = app
+        .client
+        .query_readings(query("dev", "new", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got(&new.readings), vec![(5, "new".into(), 1.0)]);
 }
 
 #[tokio::test]
 async fn large_batches_are_chunked_and_still_idempotent() {
     let mut app = app_with_device("bulk").await;
-    let batch: Vec<_> = (0..2_500).map(|i| reading("bulk", "m", i * 10, i as f64 / 7.0)).collect();
+    let batch: Vec<_> = (0..2_500)
+        .map(|i| reading("bulk", "m", i * 10, i as f64 / 7.0))
+        .collect();
     let first = app.write(batch.clone()).await;
     assert_eq!((first.inserted, first.duplicates), (2_500, 0));
     let second = app.write(batch).await;
@@ -121,7 +171,12 @@ async fn pagination_neither_skips_nor_repeats() {
         for (i, metric) in metrics.iter().enumerate() {
             // Some metrics skip some timestamps so groups have different sizes.
             if (t + i as i64) % 5 != 0 {
-                batch.push(reading("dev", metric, 1_700_000_000_000_000 + (t / 2) * 1_000, (t * 10 + i as i64) as f64));
+                batch.push(reading(
+                    "dev",
+                    metric,
+                    1_700_000_000_000_000 + (t / 2) * 1_000,
+                    (t * 10 + i as i64) as f64,
+                ));
             }
         }
     }
@@ -132,7 +187,8 @@ async fn pagination_neither_skips_nor_repeats() {
         expected.entry((ts, metric)).or_insert(value);
     }
     assert_eq!(written.inserted as usize, expected.len());
-    let expected: Vec<(i64, String, f64)> = expected.into_iter().map(|((t, m), v)| (t, m, v)).collect();
+    let expected: Vec<(i64, String, f64)> =
+        expected.into_iter().map(|((t, m), v)| (t, m, v)).collect();
 
     for descending in [false, true] {
         for limit in [1u32, 3, 7, 50] {
@@ -143,7 +199,12 @@ async fn pagination_neither_skips_nor_repeats() {
                 let mut request = query("dev", "", 0, 0, limit);
                 request.cursor = cursor;
                 request.descending = descending;
-                let page = app.client.query_readings(request).await.unwrap().into_inner();
+                let page = app
+                    .client
+                    .query_readings(request)
+                    .await
+                    .unwrap()
+                    .into_inner();
                 assert!(page.readings.len() <= limit as usize);
                 seen.extend(got(&page.readings));
                 pages += 1;
@@ -164,13 +225,22 @@ async fn pagination_neither_skips_nor_repeats() {
     // One metric, paged, within a range.
     let from = 1_700_000_000_000_000 + 5_000;
     let to = 1_700_000_000_000_000 + 20_000;
-    let want: Vec<_> = expected.iter().filter(|(t, m, _)| m == "z" && *t >= from && *t < to).cloned().collect();
+    let want: Vec<_> = expected
+        .iter()
+        .filter(|(t, m, _)| m == "z" && *t >= from && *t < to)
+        .cloned()
+        .collect();
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
         let mut request = query("dev", "z", from, to, 4);
         request.cursor = cursor;
-        let page = app.client.query_readings(request).await.unwrap().into_inner();
+        let page = app
+            .client
+            .query_readings(request)
+            .await
+            .unwrap()
+            .into_inner();
         seen.extend(got(&page.readings));
         cursor = page.next_cursor;
         if cursor.is_empty() {
@@ -183,12 +253,24 @@ async fn pagination_neither_skips_nor_repeats() {
 #[tokio::test]
 async fn stream_returns_the_same_rows_in_chunks() {
     let mut app = app_with_device("dev").await;
-    let batch: Vec<_> = (0..1_000).map(|i| reading("dev", ["x", "y"][i % 2], (i / 2) as i64, i as f64)).collect();
+    let batch: Vec<_> = (0..1_000)
+        .map(|i| reading("dev", ["x", "y"][i % 2], (i / 2) as i64, i as f64))
+        .collect();
     app.write(batch).await;
-    let full = app.client.query_readings(query("dev", "", 0, 0, 10_000)).await.unwrap().into_inner();
+    let full = app
+        .client
+        .query_readings(query("dev", "", 0, 0, 10_000))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(full.readings.len(), 1_000);
 
-    let mut stream = app.client.stream_readings(query("dev", "", 0, 0, 128)).await.unwrap().into_inner();
+    let mut stream = app
+        .client
+        .stream_readings(query("dev", "", 0, 0, 128))
+        .await
+        .unwrap()
+        .into_inner();
     let mut streamed = Vec::new();
     let mut chunks = 0;
     while let Some(chunk) = stream.message().await.unwrap() {
@@ -199,14 +281,27 @@ async fn stream_returns_the_same_rows_in_chunks() {
     assert_eq!(chunks, 8);
     assert_eq!(streamed, full.readings);
 
-    assert_eq!(code(app.client.stream_readings(query("nope", "", 0, 0, 0)).await), Code::NotFound);
-    assert_eq!(code(app.client.stream_readings(query("dev", "", 10, 5, 0)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(app.client.stream_readings(query("nope", "", 0, 0, 0)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(app.client.stream_readings(query("dev", "", 10, 5, 0)).await),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
 async fn latest_gives_the_newest_reading_per_metric() {
     let mut app = app_with_device("dev").await;
-    let empty = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
+    let empty = app
+        .client
+        .latest_readings(pb::LatestReadingsRequest {
+            device_id: "dev".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(empty.readings.is_empty());
     app.write(vec![
         reading("dev", "a", 10, 1.0),
@@ -215,10 +310,26 @@ async fn latest_gives_the_newest_reading_per_metric() {
         reading("dev", "b", 5, 50.0),
     ])
     .await;
-    let latest = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
-    assert_eq!(got(&latest.readings), vec![(30, "a".into(), 3.0), (5, "b".into(), 50.0)]);
+    let latest = app
+        .client
+        .latest_readings(pb::LatestReadingsRequest {
+            device_id: "dev".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
-        code(app.client.latest_readings(pb::LatestReadingsRequest { device_id: "other".into() }).await),
+        got(&latest.readings),
+        vec![(30, "a".into(), 3.0), (5, "b".into(), 50.0)]
+    );
+    assert_eq!(
+        code(
+            app.client
+                .latest_readings(pb::LatestReadingsRequest {
+                    device_id: "other".into()
+                })
+                .await
+        ),
         Code::NotFound
     );
 }
@@ -244,8 +355,14 @@ async fn aggregates_match_values_computed_here() {
     let from = start + 3 * bucket_us + 123; // not aligned: the first bucket is partial
     let to = start + 50 * bucket_us;
     let mut expected: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
-    for r in batch.iter().filter(|r| r.metric == "t" && r.ts_us >= from && r.ts_us < to) {
-        expected.entry(r.ts_us.div_euclid(bucket_us) * bucket_us).or_default().push(r.value);
+    for r in batch
+        .iter()
+        .filter(|r| r.metric == "t" && r.ts_us >= from && r.ts_us < to)
+    {
+        expected
+            .entry(r.ts_us.div_euclid(bucket_us) * bucket_us)
+            .or_default()
+            .push(r.value);
     }
     let answer = app
         .client
@@ -269,7 +386,11 @@ async fn aggregates_match_values_computed_here() {
         let avg = values.iter().sum::<f64>() / values.len() as f64;
         assert_eq!(bucket.min, min);
         assert_eq!(bucket.max, max);
-        assert!((bucket.avg - avg).abs() < 1e-9, "avg {} vs {avg}", bucket.avg);
+        assert!(
+            (bucket.avg - avg).abs() < 1e-9,
+            "avg {} vs {avg}",
+            bucket.avg
+        );
     }
 
     let aggregate = |metric: &str, bucket_us, from_us, to_us| pb::AggregateReadingsRequest {
@@ -279,19 +400,44 @@ async fn aggregates_match_values_computed_here() {
         to_us,
         bucket_us,
     };
-    assert_eq!(code(app.client.aggregate_readings(aggregate("", 1, 0, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.aggregate_readings(aggregate("t", 0, 0, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.aggregate_readings(aggregate("t", -5, 0, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.aggregate_readings(aggregate("t", 5, 10, 10)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(app.client.aggregate_readings(aggregate("", 1, 0, 0)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(app.client.aggregate_readings(aggregate("t", 0, 0, 0)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            app.client
+                .aggregate_readings(aggregate("t", -5, 0, 0))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            app.client
+                .aggregate_readings(aggregate("t", 5, 10, 10))
+                .await
+        ),
+        Code::InvalidArgument
+    );
     let mut missing = aggregate("t", 5, 0, 0);
     missing.device_id = "missing".into();
-    assert_eq!(code(app.client.aggregate_readings(missing).await), Code::NotFound);
+    assert_eq!(
+        code(app.client.aggregate_readings(missing).await),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
 async fn delete_readings_removes_a_range() {
     let mut app = app_with_device("dev").await;
-    let batch: Vec<_> = (0..100).flat_map(|i| [reading("dev", "a", i, 1.0), reading("dev", "b", i, 2.0)]).collect();
+    let batch: Vec<_> = (0..100)
+        .flat_map(|i| [reading("dev", "a", i, 1.0), reading("dev", "b", i, 2.0)])
+        .collect();
     app.write(batch).await;
     let delete = |metric: &str, from_us, to_us| pb::DeleteReadingsRequest {
         device_id: "dev".into(),
@@ -299,27 +445,75 @@ async fn delete_readings_removes_a_range() {
         from_us,
         to_us,
     };
-    let one_metric = app.client.delete_readings(delete("a", 10, 20)).await.unwrap().into_inner();
+    let one_metric = app
+        .client
+        .delete_readings(delete("a", 10, 20))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(one_metric.deleted, 10);
-    let both = app.client.delete_readings(delete("", 90, 0)).await.unwrap().into_inner();
+    let both = app
+        .client
+        .delete_readings(delete("", 90, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(both.deleted, 20);
     assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 170);
-    assert_eq!(app.count("SELECT COUNT(*) FROM readings WHERE metric = 'a' AND ts_us >= 10 AND ts_us < 20").await, 0);
-    assert_eq!(app.count("SELECT COUNT(*) FROM readings WHERE metric = 'b' AND ts_us >= 10 AND ts_us < 20").await, 10);
-    let again = app.client.delete_readings(delete("a", 10, 20)).await.unwrap().into_inner();
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM readings WHERE metric = 'a' AND ts_us >= 10 AND ts_us < 20"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        app.count(
+            "SELECT COUNT(*) FROM readings WHERE metric = 'b' AND ts_us >= 10 AND ts_us < 20"
+        )
+        .await,
+        10
+    );
+    let again = app
+        .client
+        .delete_readings(delete("a", 10, 20))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.deleted, 0);
     let mut missing = delete("", 0, 0);
     missing.device_id = "missing".into();
-    assert_eq!(code(app.client.delete_readings(missing).await), Code::NotFound);
+    assert_eq!(
+        code(app.client.delete_readings(missing).await),
+        Code::NotFound
+    );
     // A metric whose readings are all gone no longer shows up in reads.
     app.client.delete_readings(delete("a", 0, 0)).await.unwrap();
-    let latest = app.client.latest_readings(pb::LatestReadingsRequest { device_id: "dev".into() }).await.unwrap().into_inner();
+    let latest = app
+        .client
+        .latest_readings(pb::LatestReadingsRequest {
+            device_id: "dev".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got(&latest.readings), vec![(89, "b".into(), 2.0)]);
-    let rest = app.client.query_readings(query("dev", "", 0, 0, 0)).await.unwrap().into_inner();
+    let rest = app
+        .client
+        .query_readings(query("dev", "", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rest.readings.len(), 90);
     assert!(rest.readings.iter().all(|p| p.metric == "b"));
-    assert_eq!(code(app.client.delete_readings(delete("a", 20, 10)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.delete_readings(delete("bad metric", 0, 0)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(app.client.delete_readings(delete("a", 20, 10)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(app.client.delete_readings(delete("bad metric", 0, 0)).await),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
@@ -341,30 +535,81 @@ async fn bad_readings_are_refused_whole() {
         let described = format!("{r:?}");
         let result = app
             .client
-            .write_readings(pb::WriteReadingsRequest { readings: vec![reading("dev", "ok", 1, 1.0), r] })
+            .write_readings(pb::WriteReadingsRequest {
+                readings: vec![reading("dev", "ok", 1, 1.0), r],
+            })
             .await;
         let status = result.expect_err(&described);
         assert_eq!(status.code(), Code::InvalidArgument, "{described}");
-        assert!(status.message().contains("readings[1]"), "{}", status.message());
+        assert!(
+            status.message().contains("readings[1]"),
+            "{}",
+            status.message()
+        );
     }
-    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 0, "nothing of a refused batch is stored");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM readings").await,
+        0,
+        "nothing of a refused batch is stored"
+    );
 
     // Query argument checks.
-    assert_eq!(code(app.client.query_readings(query("", "", 0, 0, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.query_readings(query("dev", "bad metric", 0, 0, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.query_readings(query("dev", "", 100, 50, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(app.client.query_readings(query("missing", "", 0, 0, 0)).await), Code::NotFound);
-    assert_eq!(code(app.client.query_readings(query("missing", "m", 0, 0, 0)).await), Code::NotFound);
+    assert_eq!(
+        code(app.client.query_readings(query("", "", 0, 0, 0)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            app.client
+                .query_readings(query("dev", "bad metric", 0, 0, 0))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            app.client
+                .query_readings(query("dev", "", 100, 50, 0))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            app.client
+                .query_readings(query("missing", "", 0, 0, 0))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            app.client
+                .query_readings(query("missing", "m", 0, 0, 0))
+                .await
+        ),
+        Code::NotFound
+    );
     for cursor in ["not base64 !", "aGVsbG8", ""] {
         if cursor.is_empty() {
             continue;
         }
         let mut request = query("dev", "", 0, 0, 0);
         request.cursor = cursor.into();
-        assert_eq!(code(app.client.query_readings(request).await), Code::InvalidArgument, "{cursor}");
+        assert_eq!(
+            code(app.client.query_readings(request).await),
+            Code::InvalidArgument,
+            "{cursor}"
+        );
     }
     assert_eq!(
-        code(app.client.latest_readings(pb::LatestReadingsRequest { device_id: "a b".into() }).await),
+        code(
+            app.client
+                .latest_readings(pb::LatestReadingsRequest {
+                    device_id: "a b".into()
+                })
+                .await
+        ),
         Code::InvalidArgument
     );
 }
@@ -377,7 +622,14 @@ async fn concurrent_overlapping_writes_store_each_key_once() {
     let owner = app.user("other").await;
     app.device(owner.id, "b").await;
     let keys: Vec<pb::Reading> = (0..2_000)
-        .map(|i| reading(["a", "b"][i % 2], ["x", "y", "z"][i % 3], (i / 6) as i64, i as f64))
+        .map(|i| {
+            reading(
+                ["a", "b"][i % 2],
+                ["x", "y", "z"][i % 3],
+                (i / 6) as i64,
+                i as f64,
+            )
+        })
         .collect();
     let mut calls = Vec::new();
     for writer in 0..4usize {
@@ -393,7 +645,12 @@ async fn concurrent_overlapping_writes_store_each_key_once() {
             for batch in mine.chunks(300 + writer * 200) {
                 loop {
                     let mut client = client.clone();
-                    match client.write_readings(pb::WriteReadingsRequest { readings: batch.to_vec() }).await {
+                    match client
+                        .write_readings(pb::WriteReadingsRequest {
+                            readings: batch.to_vec(),
+                        })
+                        .await
+                    {
                         Ok(answer) => {
                             let answer = answer.into_inner();
                             assert_eq!(answer.inserted + answer.duplicates, batch.len() as u64);
