@@ -314,6 +314,11 @@ fi
 # ---------------------------------------------------------------------------------------
 # Simulator: registers its devices in storage (so ingest accepts their data), then
 # publishes telemetry. Started after the admin so that the admin is the first user.
+readings_count() {
+    mysql -N -e "SELECT COUNT(*) FROM \`$db_name\`.readings" 2>/dev/null || echo "?"
+}
+readings_before="$(readings_count)"
+[[ "$readings_before" =~ ^[0-9]+$ ]] || readings_before=0
 if ((sim)) && have iot-sim; then
     start sim env SIM_MQTT_HOST=127.0.0.1 SIM_MQTT_PORT="$mqtt_port" \
         SIM_DEVICES="${SIM_DEVICES:-5}" SIM_RATE="${SIM_RATE:-1}" \
@@ -333,17 +338,13 @@ fi
     echo
 } >&2
 
-readings_count() {
-    mysql -N -e "SELECT COUNT(*) FROM \`$db_name\`.readings" 2>/dev/null || echo "?"
-}
-
 if ((check)); then
     # Smoke test: telemetry from the simulator must reach MariaDB through broker and ingest.
     if ((sim)) && have iot-sim && have iot-ingest && have iot-storage; then
         for ((i = 0; i < 60; i++)); do
             n="$(readings_count)"
-            if [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0)); then
-                say "check: $n readings in MariaDB ($db_name.readings)"
+            if [[ "$n" =~ ^[0-9]+$ ]] && ((n > readings_before)); then
+                say "check: $((n - readings_before)) new readings in MariaDB ($db_name.readings, $n in all)"
                 exit 0
             fi
             sleep 1
