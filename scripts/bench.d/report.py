@@ -204,7 +204,7 @@ def main():
         "api_p99_under_25ms": None if api["p99_ms"] is None else api["p99_ms"] < 25,
     }
     result = {
-        "machine": {k: meta.get(k) for k in ("cores", "cpu", "mem_mib", "kernel", "mariadb", "mosquitto", "loadavg_at_start", "note")},
+        "machine": {k: meta.get(k) for k in ("cores", "cpu", "mem_mib", "kernel", "mariadb", "mariadb_settings", "mosquitto", "loadavg_at_start", "note")},
         "run": {k: meta.get(k) for k in ("stamp", "git", "quick", "duration_s", "api_duration_s", "devices", "connections", "inflight", "metrics", "api_connections")},
         "run_dir": os.path.relpath(run, os.path.dirname(os.path.abspath(a.out))),
         "ingest": ingest,
@@ -354,10 +354,12 @@ def plot(r, path):
     ax.bar_label(b2, labels=[f"{v:.1f}" for v in p99], fontsize=8)
     ax.set_xticks(x, names)
     ax.set_title("Latency (ms): ingest publish->commit at half\nthe broker ceiling; API/DB per request")
-    ax.set_ylabel("ms")
+    ax.set_ylabel("ms (log scale)")
+    ax.set_yscale("log")
     ax.legend()
     m = r["machine"]
-    fig.suptitle(f"scripts/bench {r['run'].get('stamp')} ({'quick' if r['run'].get('quick') else 'full'}), {m.get('cores')} cores: {m.get('cpu')}", fontsize=10)
+    fig.suptitle(f"scripts/bench{' --quick' if r['run'].get('quick') else ''} {r['run'].get('stamp')}: {r['run'].get('duration_s')} s ingest phases, "
+                 f"{r['run'].get('api_duration_s')} s API phases; {m.get('cores')} cores ({m.get('cpu')})" + (" - other work was running" if m.get("note") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

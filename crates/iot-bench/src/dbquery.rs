@@ -40,10 +40,14 @@ pub struct Args {
     window_s: i64,
 }
 
-const PROJECT_SQL: &str = "SELECT r.metric AS metric, r.ts_us AS ts_us, r.value AS value \
-     FROM devices d JOIN readings r ON r.device_pk = d.id \
-     WHERE d.device_id = ? AND r.metric IN (?, ?) AND r.ts_us >= ? AND r.ts_us < ? \
-     ORDER BY r.ts_us ASC, r.metric ASC LIMIT ?";
+/// The form storage uses: one primary-key range scan per metric, merged (device looked up by
+/// its public id, as the api passes it).
+const PROJECT_SQL: &str = "(SELECT metric, ts_us, value FROM readings \
+     WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) AND metric = 'humidity' \
+     AND ts_us >= ? AND ts_us < ? ORDER BY ts_us LIMIT 1001) UNION ALL \
+     (SELECT metric, ts_us, value FROM readings \
+     WHERE device_pk = (SELECT id FROM devices WHERE device_id = ?) AND metric = 'temperature' \
+     AND ts_us >= ? AND ts_us < ? ORDER BY ts_us LIMIT 1001) ORDER BY ts_us, metric LIMIT 1001";
 const BASELINE_SQL: &str = "SELECT id, device_id, metric, value, ts FROM readings \
      WHERE device_id = ? AND ts BETWEEN '1970-01-01 00:00:00' + INTERVAL ? SECOND \
      AND '1970-01-01 00:00:00' + INTERVAL ? SECOND ORDER BY ts";
@@ -77,7 +81,14 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     Schema::Project => conn
                         .exec::<(String, i64, f64), _, _>(
                             PROJECT_SQL,
-                            (device.to_string(), "humidity", "temperature", start * 1_000_000, (start + window) * 1_000_000, 1001),
+                            (
+                                device.to_string(),
+                                start * 1_000_000,
+                                (start + window) * 1_000_000,
+                                device.to_string(),
+                                start * 1_000_000,
+                                (start + window) * 1_000_000,
+                            ),
                         )
                         .await
                         .map(|r| r.len()),

@@ -173,15 +173,18 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let published = Arc::new(AtomicU64::new(0));
     let conn_errors = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicU64::new(0));
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_loops = tokio_util_like::Token::default();
     let mut clients = Vec::with_capacity(connections);
     let mut loops = tokio::task::JoinSet::new();
     for c in 0..connections {
         let mut options = MqttOptions::new(format!("bench-pub-{run_id:08x}-{c}"), args.host.clone(), args.port);
         options.set_keep_alive(Duration::from_secs(60)).set_clean_session(true).set_inflight(args.inflight.max(1));
-        let (client, mut eventloop) = AsyncClient::new(options, usize::from(args.inflight) * 2 + 16);
+        // A short request queue: what is queued when the window closes is still sent afterwards.
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(args.inflight) + 8);
         clients.push(client);
         let (acked, conn_errors, connected, stop) = (acked.clone(), conn_errors.clone(), connected.clone(), stop_loops.clone());
+        let closing = closing.clone();
         loops.spawn(async move {
             loop {
                 let event = tokio::select! {
@@ -196,6 +199,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                         connected.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(_) => {}
+                    // The broker closing connections after our DISCONNECT is not an error.
+                    Err(_) if closing.load(Ordering::Relaxed) => return,
                     Err(e) => {
                         if conn_errors.fetch_add(1, Ordering::Relaxed) < 5 {
                             eprintln!("publish: MQTT connection error: {e}");
@@ -322,6 +327,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             Ok(Ok(())) => {}
         }
     }
+    let mqtt_errors = conn_errors.load(Ordering::Relaxed);
+    closing.store(true, Ordering::Relaxed);
     for client in &clients {
         let _ = client.try_disconnect();
     }
@@ -362,7 +369,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "lost": acked_total as i64 - stored as i64,
         "unacked": published_total.saturating_sub(acked_total),
         "drain_s": round2(drain_s),
-        "mqtt_errors": conn_errors.load(Ordering::Relaxed),
+        "mqtt_errors": mqtt_errors,
+        // How fast the backlog went once the publishers had stopped (and freed their CPU).
+        "drain_msgs_per_s": if drain_s > 0.5 { round2(stored.saturating_sub(stored_at_end) as f64 / drain_s) } else { 0.0 },
         "latency": latency,
     }))
 }
@@ -444,5 +453,20 @@ mod tokio_util_like {
             let mut rx = self.0.subscribe();
             let _ = rx.wait_for(|v| *v).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_names;
+
+    #[test]
+    fn metric_names_are_stable_and_distinct() {
+        assert_eq!(metric_names(2), ["temperature", "humidity"]);
+        let many = metric_names(6);
+        assert_eq!(many[5], "m5");
+        let mut unique = many.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), 6);
     }
 }
