@@ -28,7 +28,9 @@ pub fn chart_dir() -> PathBuf {
 
 /// `.tools/` of scripts/k8s-tools.sh (or `K8S_TOOLS_DIR`).
 pub fn tools_dir() -> PathBuf {
-    std::env::var_os("K8S_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tools"))
+    std::env::var_os("K8S_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools"))
 }
 
 /// A tool from `.tools/bin`, else from `PATH`.
@@ -38,7 +40,9 @@ pub fn tool(name: &str) -> Option<PathBuf> {
         return Some(local);
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
     })
 }
 
@@ -69,34 +73,59 @@ impl ValueSet {
 
 /// The default values plus every `helm/iot-telemetry/ci/*-values.yaml`.
 pub fn value_sets() -> anyhow::Result<Vec<ValueSet>> {
-    let mut sets = vec![ValueSet { name: "default".into(), file: None }];
+    let mut sets = vec![ValueSet {
+        name: "default".into(),
+        file: None,
+    }];
     let ci = chart_dir().join("ci");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&ci)
         .with_context(|| format!("reading {}", ci.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-values.yaml")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("-values.yaml"))
+        })
         .collect();
     files.sort();
     if files.is_empty() {
         bail!("no ci/*-values.yaml in {}", ci.display());
     }
     for file in files {
-        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
-        sets.push(ValueSet { name, file: Some(file) });
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
+        sets.push(ValueSet {
+            name,
+            file: Some(file),
+        });
     }
     Ok(sets)
 }
 
 pub fn run(program: &Path, args: &[String]) -> anyhow::Result<Output> {
-    Command::new(program).args(args).output().with_context(|| format!("running {}", program.display()))
+    Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", program.display()))
 }
 
 /// `helm lint --strict` with extra arguments; returns (success, combined output).
 pub fn lint(helm: &Path, extra: &[String]) -> anyhow::Result<(bool, String)> {
-    let mut args = vec!["lint".to_string(), "--strict".into(), chart_dir().display().to_string()];
+    let mut args = vec![
+        "lint".to_string(),
+        "--strict".into(),
+        chart_dir().display().to_string(),
+    ];
     args.extend_from_slice(extra);
     let out = run(helm, &args)?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok((out.status.success(), text))
 }
 
@@ -112,7 +141,10 @@ pub fn template_text(helm: &Path, extra: &[String]) -> anyhow::Result<String> {
     args.extend_from_slice(extra);
     let out = run(helm, &args)?;
     if !out.status.success() {
-        bail!("helm template {extra:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "helm template {extra:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8(out.stdout)?)
 }
@@ -132,18 +164,28 @@ pub fn render_with(helm: &Path, name: &str, extra: &[String]) -> anyhow::Result<
     let text = template_text(helm, extra)?;
     let mut objects = Vec::new();
     for doc in serde_norway::Deserializer::from_str(&text) {
-        let value = Value::deserialize(doc).with_context(|| format!("parsing helm template output ({name})"))?;
+        let value = Value::deserialize(doc)
+            .with_context(|| format!("parsing helm template output ({name})"))?;
         if !value.is_null() {
             objects.push(value);
         }
     }
-    Ok(Rendered { name: name.to_string(), objects })
+    Ok(Rendered {
+        name: name.to_string(),
+        objects,
+    })
 }
 
 /// Every value set rendered, or `None` (skip) without helm.
 pub fn render_all(test: &str) -> anyhow::Result<Option<Vec<Rendered>>> {
-    let Some(helm) = helm_or_skip(test) else { return Ok(None) };
-    value_sets()?.iter().map(|set| render(&helm, set)).collect::<anyhow::Result<Vec<_>>>().map(Some)
+    let Some(helm) = helm_or_skip(test) else {
+        return Ok(None);
+    };
+    value_sets()?
+        .iter()
+        .map(|set| render(&helm, set))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
 }
 
 pub fn kind(obj: &Value) -> &str {
@@ -156,7 +198,9 @@ pub fn name(obj: &Value) -> &str {
 
 /// `app.kubernetes.io/component` of an object (or of a pod template's labels).
 pub fn component(obj: &Value) -> &str {
-    obj["metadata"]["labels"]["app.kubernetes.io/component"].as_str().unwrap_or("")
+    obj["metadata"]["labels"]["app.kubernetes.io/component"]
+        .as_str()
+        .unwrap_or("")
 }
 
 impl Rendered {
@@ -167,7 +211,8 @@ impl Rendered {
 
     /// The object of `kind` whose component label is `component`.
     pub fn find(&self, kind_name: &str, component_name: &str) -> Option<&Value> {
-        self.of_kind(kind_name).find(|o| component(o) == component_name)
+        self.of_kind(kind_name)
+            .find(|o| component(o) == component_name)
     }
 
     /// Objects that run pods, with their pod spec.
@@ -176,11 +221,16 @@ impl Rendered {
             .iter()
             .filter_map(|o| {
                 let spec = match kind(o) {
-                    "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &o["spec"]["template"]["spec"],
+                    "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
+                        &o["spec"]["template"]["spec"]
+                    }
                     "CronJob" => &o["spec"]["jobTemplate"]["spec"]["template"]["spec"],
                     _ => return None,
                 };
-                Some(Workload { object: o, pod: spec })
+                Some(Workload {
+                    object: o,
+                    pod: spec,
+                })
             })
             .collect()
     }
@@ -212,11 +262,17 @@ impl<'a> Workload<'a> {
 
     /// Long-running containers (not init containers).
     pub fn containers(&self) -> Vec<&'a Value> {
-        self.pod["containers"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+        self.pod["containers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
     }
 
     pub fn init_containers(&self) -> Vec<&'a Value> {
-        self.pod["initContainers"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
+        self.pod["initContainers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
     }
 
     pub fn is_job(&self) -> bool {
@@ -226,7 +282,11 @@ impl<'a> Workload<'a> {
     /// The container's value of a security setting, falling back to the pod's.
     pub fn security<'b>(&'b self, container: &'b Value, key: &str) -> &'b Value {
         let own = &container["securityContext"][key];
-        if own.is_null() { &self.pod["securityContext"][key] } else { own }
+        if own.is_null() {
+            &self.pod["securityContext"][key]
+        } else {
+            own
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use iot_chart_tests::{component, declared_env_vars, helm_or_skip, render_all, render_with, repo_root, rust_files, value_sets};
+use iot_chart_tests::{
+    component, declared_env_vars, helm_or_skip, render_all, render_with, repo_root, rust_files,
+    value_sets,
+};
 use serde_json::Value;
 
 /// Container name in the chart -> service directory whose Config reads its variables.
@@ -20,27 +23,44 @@ fn service_of(container: &str) -> Option<&'static str> {
 
 #[test]
 fn every_variable_the_chart_sets_is_read_by_the_service() {
-    let Some(sets) = render_all("every_variable_the_chart_sets_is_read_by_the_service").unwrap() else { return };
+    let Some(sets) = render_all("every_variable_the_chart_sets_is_read_by_the_service").unwrap()
+    else {
+        return;
+    };
     for r in &sets {
         let mut checked = 0;
         for (container, e) in r.env_entries() {
-            let Some(service) = service_of(&container) else { continue };
+            let Some(service) = service_of(&container) else {
+                continue;
+            };
             let var = e["name"].as_str().unwrap();
             // OTEL_* are the standard OpenTelemetry variables; K8S_* only feed OTEL_RESOURCE_ATTRIBUTES.
             if var.starts_with("OTEL_") || var.starts_with("K8S_") {
                 continue;
             }
-            let declared = declared_env_vars(&repo_root().join("services").join(service).join("src")).unwrap();
-            assert!(declared.contains(var), "{}: the chart sets {var} for {container}, but services/{service} does not read it", r.name);
+            let declared =
+                declared_env_vars(&repo_root().join("services").join(service).join("src")).unwrap();
+            assert!(
+                declared.contains(var),
+                "{}: the chart sets {var} for {container}, but services/{service} does not read it",
+                r.name
+            );
             checked += 1;
         }
-        assert!(checked >= 20, "{}: only {checked} variables checked", r.name);
+        assert!(
+            checked >= 20,
+            "{}: only {checked} variables checked",
+            r.name
+        );
     }
 }
 
 #[test]
 fn the_migration_job_runs_a_flag_the_storage_binary_has() {
-    let Some(sets) = render_all("the_migration_job_runs_a_flag_the_storage_binary_has").unwrap() else { return };
+    let Some(sets) = render_all("the_migration_job_runs_a_flag_the_storage_binary_has").unwrap()
+    else {
+        return;
+    };
     let sources: String = rust_files(&repo_root().join("services/storage/src"))
         .unwrap()
         .iter()
@@ -55,7 +75,8 @@ fn the_migration_job_runs_a_flag_the_storage_binary_has() {
                 let flag = arg.as_str().unwrap().trim_start_matches("--");
                 let field = flag.replace('-', "_");
                 assert!(
-                    sources.contains(&format!("\"{flag}\"")) || sources.contains(&format!(" {field}:")),
+                    sources.contains(&format!("\"{flag}\""))
+                        || sources.contains(&format!(" {field}:")),
                     "{}: the Job passes --{flag}, which services/storage does not define (the hook would fail every upgrade)",
                     r.name
                 );
@@ -66,8 +87,15 @@ fn the_migration_job_runs_a_flag_the_storage_binary_has() {
 
 #[test]
 fn the_migration_job_runs_once_per_install_and_upgrade_before_the_pods() {
-    let Some(helm) = helm_or_skip("the_migration_job_runs_once_per_install_and_upgrade_before_the_pods") else { return };
-    let enable = ["--set".to_string(), "storage.migrations.enabled=true".to_string()];
+    let Some(helm) =
+        helm_or_skip("the_migration_job_runs_once_per_install_and_upgrade_before_the_pods")
+    else {
+        return;
+    };
+    let enable = [
+        "--set".to_string(),
+        "storage.migrations.enabled=true".to_string(),
+    ];
     for set in value_sets().unwrap() {
         let mut args = set.args();
         args.extend_from_slice(&enable);
@@ -75,24 +103,56 @@ fn the_migration_job_runs_once_per_install_and_upgrade_before_the_pods() {
         let jobs: Vec<_> = r.of_kind("Job").collect();
         assert_eq!(jobs.len(), 1, "{}: one migration Job", r.name);
         let annotations = &jobs[0]["metadata"]["annotations"];
-        let hooks = annotations["helm.sh/hook"].as_str().expect("the migration Job is a Helm hook");
-        assert!(hooks.contains("pre-upgrade"), "{}: migrations run before the new pods of an upgrade", r.name);
-        assert!(annotations["helm.sh/hook-delete-policy"].as_str().unwrap().contains("before-hook-creation"));
+        let hooks = annotations["helm.sh/hook"]
+            .as_str()
+            .expect("the migration Job is a Helm hook");
+        assert!(
+            hooks.contains("pre-upgrade"),
+            "{}: migrations run before the new pods of an upgrade",
+            r.name
+        );
+        assert!(
+            annotations["helm.sh/hook-delete-policy"]
+                .as_str()
+                .unwrap()
+                .contains("before-hook-creation")
+        );
         let bundled_db = r.find("StatefulSet", "mariadb").is_some();
         // Before install only when the database and its Secret exist before the release does.
-        assert_eq!(hooks.contains("pre-install"), !bundled_db && r.of_kind("Secret").all(|s| component(s) != "storage"), "{}: {hooks}", r.name);
+        assert_eq!(
+            hooks.contains("pre-install"),
+            !bundled_db && r.of_kind("Secret").all(|s| component(s) != "storage"),
+            "{}: {hooks}",
+            r.name
+        );
         let pod = &jobs[0]["spec"]["template"]["spec"];
         assert_eq!(pod["restartPolicy"], "Never");
         let c = &pod["containers"][0];
-        assert!(c["image"].as_str().unwrap().contains("/storage:"), "{}: runs the storage image", r.name);
-        assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "STORAGE_DATABASE_URL"), "{}", r.name);
+        assert!(
+            c["image"].as_str().unwrap().contains("/storage:"),
+            "{}: runs the storage image",
+            r.name
+        );
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "STORAGE_DATABASE_URL"),
+            "{}",
+            r.name
+        );
     }
 }
 
 /// Metric names referenced by a PromQL expression (service-prefixed identifiers).
 fn metric_names(expr: &str) -> BTreeSet<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|t| ["ingest_", "storage_", "session_", "api_"].iter().any(|p| t.starts_with(p)))
+        .filter(|t| {
+            ["ingest_", "storage_", "session_", "api_"]
+                .iter()
+                .any(|p| t.starts_with(p))
+        })
         .map(|t| {
             ["_bucket", "_count", "_sum"]
                 .iter()
@@ -105,10 +165,19 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_dashboard_queries_only_metrics_the_services_register() {
-    let Some(sets) = render_all("the_dashboard_queries_only_metrics_the_services_register").unwrap() else { return };
+    let Some(sets) =
+        render_all("the_dashboard_queries_only_metrics_the_services_register").unwrap()
+    else {
+        return;
+    };
     let default = sets.iter().find(|r| r.name == "default").unwrap();
-    let cm = default.find("ConfigMap", "dashboards").expect("dashboard ConfigMap");
-    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "picked up by Grafana's sidecar");
+    let cm = default
+        .find("ConfigMap", "dashboards")
+        .expect("dashboard ConfigMap");
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"], "1",
+        "picked up by Grafana's sidecar"
+    );
     let json = cm["data"]["iot-telemetry.json"].as_str().unwrap();
     let dashboard: Value = serde_json::from_str(json).expect("dashboard is valid JSON");
     let lower = json.to_lowercase();
@@ -123,22 +192,34 @@ fn the_dashboard_queries_only_metrics_the_services_register() {
     let mut ids = BTreeSet::new();
     let mut metrics = BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
-        assert!(ids.insert(panel["id"].as_u64().unwrap()), "duplicate panel id");
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate panel id"
+        );
         if panel["type"] == "row" {
             continue;
         }
         let title = panel["title"].as_str().unwrap();
-        assert!(panel["description"].as_str().is_some_and(|d| d.len() > 20), "panel {title} explains itself");
+        assert!(
+            panel["description"].as_str().is_some_and(|d| d.len() > 20),
+            "panel {title} explains itself"
+        );
         let targets = panel["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "panel {title} has queries");
         for t in targets {
             let found = metric_names(t["expr"].as_str().unwrap());
-            assert!(!found.is_empty(), "panel {title}: query names no service metric");
+            assert!(
+                !found.is_empty(),
+                "panel {title}: query names no service metric"
+            );
             metrics.extend(found);
         }
     }
     for m in &metrics {
-        assert!(sources.contains(&format!("\"{m}\"")), "the dashboard queries {m}, which no service registers");
+        assert!(
+            sources.contains(&format!("\"{m}\"")),
+            "the dashboard queries {m}, which no service registers"
+        );
     }
     // What an operator watches (issue 7): in/rejected/written, batch size, lag, gRPC, HTTP.
     for needed in [
@@ -162,16 +243,27 @@ fn conf_settings(text: &str) -> std::collections::BTreeMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        })
         .collect()
 }
 
 #[test]
 fn the_chart_broker_is_tuned_like_deploy_mosquitto() {
-    let Some(sets) = render_all("the_chart_broker_is_tuned_like_deploy_mosquitto").unwrap() else { return };
+    let Some(sets) = render_all("the_chart_broker_is_tuned_like_deploy_mosquitto").unwrap() else {
+        return;
+    };
     let default = sets.iter().find(|r| r.name == "default").unwrap();
-    let chart = conf_settings(default.find("ConfigMap", "mosquitto").unwrap()["data"]["mosquitto.conf"].as_str().unwrap());
-    let deploy = conf_settings(&std::fs::read_to_string(repo_root().join("deploy/mosquitto/mosquitto.conf")).unwrap());
+    let chart = conf_settings(
+        default.find("ConfigMap", "mosquitto").unwrap()["data"]["mosquitto.conf"]
+            .as_str()
+            .unwrap(),
+    );
+    let deploy = conf_settings(
+        &std::fs::read_to_string(repo_root().join("deploy/mosquitto/mosquitto.conf")).unwrap(),
+    );
     for key in [
         "per_listener_settings",
         "allow_anonymous",
@@ -185,36 +277,86 @@ fn the_chart_broker_is_tuned_like_deploy_mosquitto() {
         "max_packet_size",
         "persistent_client_expiration",
     ] {
-        assert!(deploy.contains_key(key), "deploy/mosquitto/mosquitto.conf no longer sets {key}");
-        assert_eq!(chart.get(key), deploy.get(key), "{key}: chart and deploy/mosquitto disagree");
+        assert!(
+            deploy.contains_key(key),
+            "deploy/mosquitto/mosquitto.conf no longer sets {key}"
+        );
+        assert_eq!(
+            chart.get(key),
+            deploy.get(key),
+            "{key}: chart and deploy/mosquitto disagree"
+        );
     }
 }
 
 #[test]
 fn the_dockerfile_builds_one_binary_per_service_as_a_non_root_user() {
     let text = std::fs::read_to_string(repo_root().join("deploy/Dockerfile")).unwrap();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
     let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 2, "a builder stage and a runtime stage: {froms:?}");
+    assert_eq!(
+        froms.len(),
+        2,
+        "a builder stage and a runtime stage: {froms:?}"
+    );
     assert!(froms[0].ends_with(" AS builder"));
-    assert!(lines.contains(&"ARG SERVICE=storage"), "one build parameterised by SERVICE");
+    assert!(
+        lines.contains(&"ARG SERVICE=storage"),
+        "one build parameterised by SERVICE"
+    );
     assert!(text.contains("cargo build --locked --release --bin \"iot-${SERVICE}\""));
-    assert!(text.contains("--mount=type=cache,target=/usr/local/cargo/registry"), "cargo registry cache");
+    assert!(
+        text.contains("--mount=type=cache,target=/usr/local/cargo/registry"),
+        "cargo registry cache"
+    );
     let runtime_start = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
     let runtime = &lines[runtime_start..];
     let copies: Vec<&&str> = runtime.iter().filter(|l| l.starts_with("COPY ")).collect();
-    assert_eq!(copies.len(), 1, "the runtime image gets only the binary: {copies:?}");
+    assert_eq!(
+        copies.len(),
+        1,
+        "the runtime image gets only the binary: {copies:?}"
+    );
     assert!(copies[0].starts_with("COPY --from=builder"));
-    let user = runtime.iter().rev().find(|l| l.starts_with("USER ")).expect("USER in the runtime stage");
+    let user = runtime
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("USER in the runtime stage");
     let uid = user.trim_start_matches("USER ").split(':').next().unwrap();
-    assert!(uid.parse::<u32>().is_ok_and(|u| u > 0), "numeric non-root user: {user}");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u > 0),
+        "numeric non-root user: {user}"
+    );
     // Every SERVICE the build accepts is a binary of the workspace, and the chart's images match.
-    let accepted = text.split("case \"${SERVICE}\" in").nth(1).unwrap().split(')').next().unwrap().trim();
-    let services: Vec<&str> = accepted.split('|').map(|s| s.trim_matches(|c: char| c == '\\' || c.is_whitespace())).collect();
+    let accepted = text
+        .split("case \"${SERVICE}\" in")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .trim();
+    let services: Vec<&str> = accepted
+        .split('|')
+        .map(|s| s.trim_matches(|c: char| c == '\\' || c.is_whitespace()))
+        .collect();
     assert_eq!(services, ["storage", "session", "ingest", "api", "sim"]);
     for service in services {
-        let manifest = std::fs::read_to_string(repo_root().join("services").join(service).join("Cargo.toml"))
-            .unwrap_or_else(|_| panic!("SERVICE={service} has no services/{service}"));
-        assert!(manifest.contains(&format!("name = \"iot-{service}\"")), "services/{service} builds iot-{service}");
+        let manifest = std::fs::read_to_string(
+            repo_root()
+                .join("services")
+                .join(service)
+                .join("Cargo.toml"),
+        )
+        .unwrap_or_else(|_| panic!("SERVICE={service} has no services/{service}"));
+        assert!(
+            manifest.contains(&format!("name = \"iot-{service}\"")),
+            "services/{service} builds iot-{service}"
+        );
     }
 }

@@ -23,12 +23,24 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn dynsec_plugin() -> Option<PathBuf> {
-    let candidates = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"];
-    candidates.iter().map(|d| Path::new(d).join("mosquitto_dynamic_security.so")).find(|p| p.is_file())
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/usr/local/lib",
+    ];
+    candidates
+        .iter()
+        .map(|d| Path::new(d).join("mosquitto_dynamic_security.so"))
+        .find(|p| p.is_file())
 }
 
 fn mosquitto_bin() -> Option<PathBuf> {
@@ -40,15 +52,27 @@ fn mosquitto_bin() -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// The pod runs the bootstrap and the broker as the non-root mosquitto user; so does the test
 /// when it runs as root (Mosquitto started as root would drop to that user half-way).
 fn give_to_broker_user(dir: &Path) {
     if is_root() {
-        let status = Command::new("chown").args(["-R", "mosquitto:"]).arg(dir).status().unwrap();
-        assert!(status.success(), "chown {} to the mosquitto user", dir.display());
+        let status = Command::new("chown")
+            .args(["-R", "mosquitto:"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "chown {} to the mosquitto user",
+            dir.display()
+        );
     }
 }
 
@@ -69,7 +93,13 @@ struct Accounts<'a> {
     api: (&'a str, &'a str),
 }
 
-fn bootstrap(script: &Path, data: &Path, tmp: &Path, plugin: &Path, a: &Accounts) -> (bool, String) {
+fn bootstrap(
+    script: &Path,
+    data: &Path,
+    tmp: &Path,
+    plugin: &Path,
+    a: &Accounts,
+) -> (bool, String) {
     let out = as_broker_user(Path::new("/bin/sh"))
         .arg(script)
         .env("DATA_DIR", data)
@@ -84,7 +114,14 @@ fn bootstrap(script: &Path, data: &Path, tmp: &Path, plugin: &Path, a: &Accounts
         .env("API_PASSWORD", a.api.1)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn start(bin: &Path, conf: &Path, log: &Path, port: u16) -> Broker {
@@ -99,7 +136,11 @@ fn start(bin: &Path, conf: &Path, log: &Path, port: u16) -> Broker {
     let broker = Broker { child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker did not listen on {port}:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "broker did not listen on {port}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     broker
@@ -107,21 +148,42 @@ fn start(bin: &Path, conf: &Path, log: &Path, port: u16) -> Broker {
 
 fn publish(port: u16, login: Option<(&str, &str)>, topic: &str, message: &str) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", message]);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+        "-m",
+        message,
+    ]);
     if let Some((user, pass)) = login {
         cmd.args(["-u", user, "-P", pass]);
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
 fn the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_restarts() {
     let test = "the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_restarts";
-    let Some(sets) = render_all(test).unwrap() else { return };
-    let (Some(bin), Some(plugin)) = (mosquitto_bin(), dynsec_plugin()) else {
-        panic!("mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)");
+    let Some(sets) = render_all(test).unwrap() else {
+        return;
     };
-    assert!(tool("mosquitto_ctrl").is_some() && tool("mosquitto_pub").is_some(), "mosquitto_ctrl and mosquitto-clients are required");
+    let (Some(bin), Some(plugin)) = (mosquitto_bin(), dynsec_plugin()) else {
+        panic!(
+            "mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)"
+        );
+    };
+    assert!(
+        tool("mosquitto_ctrl").is_some() && tool("mosquitto_pub").is_some(),
+        "mosquitto_ctrl and mosquitto-clients are required"
+    );
     let default = sets.iter().find(|r| r.name == "default").unwrap();
     let cm = default.find("ConfigMap", "mosquitto").unwrap();
     let conf_text = cm["data"]["mosquitto.conf"].as_str().unwrap();
@@ -136,12 +198,19 @@ fn the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_rest
     give_to_broker_user(dir.path());
 
     // First start of the pod: the init container creates the state.
-    let accounts = Accounts { admin: ("admin", "admin-pw"), ingest: ("iot-ingest", "ingest-pw-1"), api: ("iot-api", "api-pw") };
+    let accounts = Accounts {
+        admin: ("admin", "admin-pw"),
+        ingest: ("iot-ingest", "ingest-pw-1"),
+        api: ("iot-api", "api-pw"),
+    };
     let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &accounts);
     assert!(ok, "bootstrap failed:\n{out}");
     assert!(data.join("dynamic-security.json").is_file());
     // A rollout after the ingest password was rotated in the Secret: same script, new password.
-    let rotated = Accounts { ingest: ("iot-ingest", "ingest-pw-2"), ..accounts };
+    let rotated = Accounts {
+        ingest: ("iot-ingest", "ingest-pw-2"),
+        ..accounts
+    };
     let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &rotated);
     assert!(ok, "second bootstrap (existing state) failed:\n{out}");
 
@@ -149,19 +218,37 @@ fn the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_rest
     let conf = conf_text
         .replace("/mosquitto/data/", &format!("{}/", data.display()))
         .replace("/mosquitto/data", &data.display().to_string())
-        .replace("/usr/lib/mosquitto_dynamic_security.so", &plugin.display().to_string())
+        .replace(
+            "/usr/lib/mosquitto_dynamic_security.so",
+            &plugin.display().to_string(),
+        )
         .replace("listener 1883\n", &format!("listener {port} 127.0.0.1\n"));
-    assert!(conf.contains(&format!("listener {port} 127.0.0.1")), "the chart's listener line moved:\n{conf}");
+    assert!(
+        conf.contains(&format!("listener {port} 127.0.0.1")),
+        "the chart's listener line moved:\n{conf}"
+    );
     let conf_path = dir.path().join("mosquitto.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let log = dir.path().join("broker.log");
     let broker = start(&bin, &conf_path, &log, port);
 
     // No anonymous access, no wrong or stale passwords.
-    assert!(!publish(port, None, "devices/d1/telemetry", "{}"), "anonymous client accepted");
-    assert!(!publish(port, Some(("iot-ingest", "wrong")), "x", "x"), "wrong password accepted");
-    assert!(!publish(port, Some(("iot-ingest", "ingest-pw-1")), "x", "x"), "rotated-out password accepted");
-    assert!(publish(port, Some(("iot-ingest", "ingest-pw-2")), "x", "x"), "ingest service account refused");
+    assert!(
+        !publish(port, None, "devices/d1/telemetry", "{}"),
+        "anonymous client accepted"
+    );
+    assert!(
+        !publish(port, Some(("iot-ingest", "wrong")), "x", "x"),
+        "wrong password accepted"
+    );
+    assert!(
+        !publish(port, Some(("iot-ingest", "ingest-pw-1")), "x", "x"),
+        "rotated-out password accepted"
+    );
+    assert!(
+        publish(port, Some(("iot-ingest", "ingest-pw-2")), "x", "x"),
+        "ingest service account refused"
+    );
 
     // The api provisions a device through the dynamic-security control topic.
     let provision = r#"{"commands":[
@@ -169,33 +256,77 @@ fn the_chart_broker_refuses_strangers_and_serves_provisioned_devices_across_rest
         {"command":"addRoleACL","rolename":"device-d1","acltype":"publishClientSend","topic":"devices/d1/telemetry","allow":true},
         {"command":"createClient","username":"d1","password":"d1-pw"},
         {"command":"addClientRole","username":"d1","rolename":"device-d1"}]}"#;
-    assert!(publish(port, Some(("iot-api", "api-pw")), "$CONTROL/dynamic-security/v1", provision));
+    assert!(publish(
+        port,
+        Some(("iot-api", "api-pw")),
+        "$CONTROL/dynamic-security/v1",
+        provision
+    ));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !publish(port, Some(("d1", "d1-pw")), "devices/d1/telemetry", "hello") {
-        assert!(Instant::now() < deadline, "provisioned device cannot connect:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "provisioned device cannot connect:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // Ingest receives the device's own topic through the shared subscription, and not what the
     // device forges for another device's topic.
-    let received = receive_one_while_publishing(port, &[("devices/d2/telemetry", "forged"), ("devices/d1/telemetry", "genuine")]);
-    assert_eq!(received.trim(), "devices/d1/telemetry genuine", "ingest got:\n{received}");
+    let received = receive_one_while_publishing(
+        port,
+        &[
+            ("devices/d2/telemetry", "forged"),
+            ("devices/d1/telemetry", "genuine"),
+        ],
+    );
+    assert_eq!(
+        received.trim(),
+        "devices/d1/telemetry genuine",
+        "ingest got:\n{received}"
+    );
 
     // Broker restart (new pod on the same volume): bootstrap again, the device is still there.
     drop(broker);
     let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &rotated);
     assert!(ok, "bootstrap after restart failed:\n{out}");
     let _broker = start(&bin, &conf_path, &log, port);
-    assert!(publish(port, Some(("d1", "d1-pw")), "devices/d1/telemetry", "again"), "provisioned device lost on restart");
-    assert!(!publish(port, None, "devices/d1/telemetry", "{}"), "anonymous client accepted after restart");
+    assert!(
+        publish(port, Some(("d1", "d1-pw")), "devices/d1/telemetry", "again"),
+        "provisioned device lost on restart"
+    );
+    assert!(
+        !publish(port, None, "devices/d1/telemetry", "{}"),
+        "anonymous client accepted after restart"
+    );
 }
 
 /// Subscribes as ingest to the shared subscription and publishes as device d1 until one
 /// message arrives; returns "topic payload".
 fn receive_one_while_publishing(port: u16, messages: &[(&str, &str)]) -> String {
     let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "iot-ingest", "-P", "ingest-pw-2"])
-        .args(["-t", "$share/ingest/devices/+/telemetry", "-q", "1", "-C", "1", "-W", "20", "-v"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "iot-ingest",
+            "-P",
+            "ingest-pw-2",
+        ])
+        .args([
+            "-t",
+            "$share/ingest/devices/+/telemetry",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-v",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -217,48 +348,144 @@ fn receive_one_while_publishing(port: u16, messages: &[(&str, &str)]) -> String 
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as a cert-manager
 /// `kubernetes.io/tls` Secret would hold them (ca.crt, tls.crt, tls.key).
 fn make_certificates(dir: &Path) {
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=iot test CA"]);
-    for (name, cn, san) in [("tls", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "d1", "subjectAltName=DNS:d1")] {
-        openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}"), "-addext", san]);
-        openssl(dir, &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", &format!("{name}.crt"), "-days", "2", "-copy_extensions", "copy",
-        ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=iot test CA",
+        ],
+    );
+    for (name, cn, san) in [
+        (
+            "tls",
+            "localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ),
+        ("client", "d1", "subjectAltName=DNS:d1"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-addext",
+                san,
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-copy_extensions",
+                "copy",
+            ],
+        );
     }
 }
 
 fn publish_tls(port: u16, dir: &Path, client_cert: bool, login: (&str, &str)) -> bool {
     let mut cmd = Command::new("mosquitto_pub");
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", "x", "-m", "x", "-u", login.0, "-P", login.1]);
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        "x",
+        "-m",
+        "x",
+        "-u",
+        login.0,
+        "-P",
+        login.1,
+    ]);
     cmd.arg("--cafile").arg(dir.join("ca.crt"));
     if client_cert {
-        cmd.arg("--cert").arg(dir.join("client.crt")).arg("--key").arg(dir.join("client.key"));
+        cmd.arg("--cert")
+            .arg(dir.join("client.crt"))
+            .arg("--key")
+            .arg(dir.join("client.key"));
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
 fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
     let test = "the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate";
-    let Some(sets) = render_all(test).unwrap() else { return };
+    let Some(sets) = render_all(test).unwrap() else {
+        return;
+    };
     let (Some(bin), Some(plugin)) = (mosquitto_bin(), dynsec_plugin()) else {
-        panic!("mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)");
+        panic!(
+            "mosquitto with the dynamic-security plugin is required (scripts/lib/deps.sh installs it)"
+        );
     };
     // ci/trial-observability-values.yaml: TLS on 8883 with client certificates required.
-    let trial = sets.iter().find(|r| r.name == "trial-observability-values").unwrap();
+    let trial = sets
+        .iter()
+        .find(|r| r.name == "trial-observability-values")
+        .unwrap();
     let cm = trial.find("ConfigMap", "mosquitto").unwrap();
     let conf_text = cm["data"]["mosquitto.conf"].as_str().unwrap();
     assert!(conf_text.contains("require_certificate true"));
 
     let dir = tempfile::tempdir().unwrap();
-    let (data, tmp, tls) = (dir.path().join("data"), dir.path().join("tmp"), dir.path().join("tls"));
+    let (data, tmp, tls) = (
+        dir.path().join("data"),
+        dir.path().join("tmp"),
+        dir.path().join("tls"),
+    );
     for d in [&data, &tmp, &tls] {
         std::fs::create_dir_all(d).unwrap();
     }
@@ -266,7 +493,11 @@ fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
     let script = dir.path().join("bootstrap.sh");
     std::fs::write(&script, cm["data"]["bootstrap.sh"].as_str().unwrap()).unwrap();
     give_to_broker_user(dir.path());
-    let accounts = Accounts { admin: ("admin", "a"), ingest: ("iot-ingest", "i"), api: ("iot-api", "p") };
+    let accounts = Accounts {
+        admin: ("admin", "a"),
+        ingest: ("iot-ingest", "i"),
+        api: ("iot-api", "p"),
+    };
     let (ok, out) = bootstrap(&script, &data, &tmp, &plugin, &accounts);
     assert!(ok, "bootstrap failed:\n{out}");
 
@@ -274,7 +505,10 @@ fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
     let conf = conf_text
         .replace("/mosquitto/data/", &format!("{}/", data.display()))
         .replace("/mosquitto/tls", &tls.display().to_string())
-        .replace("/usr/lib/mosquitto_dynamic_security.so", &plugin.display().to_string())
+        .replace(
+            "/usr/lib/mosquitto_dynamic_security.so",
+            &plugin.display().to_string(),
+        )
         .replace("listener 1883\n", &format!("listener {plain} 127.0.0.1\n"))
         .replace("listener 8883\n", &format!("listener {secure} 127.0.0.1\n"));
     let conf_path = dir.path().join("mosquitto.conf");
@@ -283,9 +517,25 @@ fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
     let _broker = start(&bin, &conf_path, &log, secure);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
 
-    assert!(publish_tls(secure, &tls, true, ("iot-ingest", "i")), "TLS with the CA and a client certificate refused:\n{}", logs());
-    assert!(!publish_tls(secure, &tls, false, ("iot-ingest", "i")), "TLS without a client certificate accepted");
-    assert!(!publish_tls(secure, &tls, true, ("iot-ingest", "wrong")), "TLS with a wrong password accepted");
-    assert!(!publish(secure, Some(("iot-ingest", "i")), "x", "x"), "plain MQTT accepted on the TLS port");
-    assert!(publish(plain, Some(("iot-ingest", "i")), "x", "x"), "in-cluster plain listener refused ingest");
+    assert!(
+        publish_tls(secure, &tls, true, ("iot-ingest", "i")),
+        "TLS with the CA and a client certificate refused:\n{}",
+        logs()
+    );
+    assert!(
+        !publish_tls(secure, &tls, false, ("iot-ingest", "i")),
+        "TLS without a client certificate accepted"
+    );
+    assert!(
+        !publish_tls(secure, &tls, true, ("iot-ingest", "wrong")),
+        "TLS with a wrong password accepted"
+    );
+    assert!(
+        !publish(secure, Some(("iot-ingest", "i")), "x", "x"),
+        "plain MQTT accepted on the TLS port"
+    );
+    assert!(
+        publish(plain, Some(("iot-ingest", "i")), "x", "x"),
+        "in-cluster plain listener refused ingest"
+    );
 }
