@@ -77,6 +77,6 @@ print(f"rows={rows}/{want} all_stored={'yes' if rows >= want else 'NO'} "
       f"total_time={end-start:.1f}s sustained_ingest={rate:.0f} msg/s ({rate*4:.0f} readings/s)")
 PY
 for r in $(seq "$REPLICAS"); do
-  curl -s "127.0.0.1:${OPS[$((r-1))]}/metrics" | grep -E '^ingest_(messages_received_total|batches_total|batch_readings_(sum|count)|end_to_end_lag_seconds_(sum|count)) ' \
+  curl -s "127.0.0.1:${OPS[$((r-1))]}/metrics" | grep -E '^(ingest_(messages_received_total|batches_total|batch_readings_(sum|count)|end_to_end_lag_seconds_(sum|count))|process_cpu_seconds_total) ' \
     | tr '\n' ' ' | sed "s/^/replica $r: /"; echo
 done
