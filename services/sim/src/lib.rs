@@ -216,9 +216,19 @@ pub async fn register(storage_url: &str, owner: &str, password: &str, devices: &
         CreateDeviceRequest, CreateUserRequest, GetUserRequest, get_user_request::Key,
         storage_service_client::StorageServiceClient,
     };
-    let mut storage = StorageServiceClient::connect(storage_url.to_string())
-        .await
-        .with_context(|| format!("connecting to storage at {storage_url}"))?;
+    // Storage may still be starting when a local stack comes up: retry for a while.
+    let mut attempts = 0;
+    let mut storage = loop {
+        match StorageServiceClient::connect(storage_url.to_string()).await {
+            Ok(client) => break client,
+            Err(e) if attempts < 30 => {
+                attempts += 1;
+                tracing::info!(error = %e, "storage not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("connecting to storage at {storage_url}")),
+        }
+    };
     let owner_id = match storage
         .create_user(CreateUserRequest {
             username: owner.to_string(),
