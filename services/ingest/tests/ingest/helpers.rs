@@ -111,13 +111,6 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDatabase::create().await;
         let broker = Mosquitto::start(&broker_config()).await;
-        // Mosquitto started as root drops to the `mosquitto` user, which cannot write its
-        // persistence file into a root-owned temporary directory: the broker-restart test
-        // would then lose its sessions for a reason that has nothing to do with ingest.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(broker.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        }
         let storage = Storage::start(&db, dir.path()).await;
         let stack = Self { db, broker, storage, dir };
         stack.register(devices).await;
