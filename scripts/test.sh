@@ -70,8 +70,11 @@ fi
 # The api's browser test drives a headless Chromium (Debian's chromium package).
 if grep -rqsi --include='*.rs' chromium services/*/tests crates/*/src; then
     CHROMIUM_BIN="${CHROMIUM_BIN:-$(deps_ensure_binary chromium chromium || true)}"
-    export CHROMIUM_BIN
-    echo "    CHROMIUM_BIN=${CHROMIUM_BIN:-(missing)}" >&2
+    CHROMEDRIVER_BIN="${CHROMEDRIVER_BIN:-$(deps_ensure_binary chromedriver chromium-driver || true)}"
+    export CHROMIUM_BIN CHROMEDRIVER_BIN
+    echo "    CHROMIUM_BIN=${CHROMIUM_BIN:-(missing)} CHROMEDRIVER_BIN=${CHROMEDRIVER_BIN:-(missing)}" >&2
+    # In CI a missing browser is a failure, not a quietly skipped test.
+    [[ "${CI:-}" == true ]] && export IOT_REQUIRE_BROWSER=1
 fi
 
 cargo_flags=()

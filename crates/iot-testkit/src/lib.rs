@@ -100,12 +100,6 @@ impl Mosquitto {
     /// lines (e.g. `allow_anonymous true`, persistence, limits).
     pub async fn start(extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // Started as root, Mosquitto drops to the `mosquitto` user, which could not write its
-        // persistence file into a root-owned temporary directory (sessions lost on restart).
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        }
         let mut broker = Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string() };
         broker.spawn().await;
         broker
