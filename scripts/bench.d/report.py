@@ -135,6 +135,8 @@ def main():
             "published": full["published"], "acked": full["acked"], "stored": full["stored"],
             "lost": full["lost"],
             "drain_s": full["drain_s"],
+            # Once the publishers stopped: the backlog's rate with the CPU they had used freed.
+            "drain_msgs_per_s": full.get("drain_msgs_per_s"),
             # Latency at half the broker's ceiling (the target's condition); full speed below.
             "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
             "latency_rate_msgs_per_s": (half or {}).get("target_rate"),
@@ -155,6 +157,7 @@ def main():
         "ingest_acked": base_ing["acked"] if base_ing else None,
         "ingest_stored": base_ing["stored"] if base_ing else None,
         "ingest_drain_s": base_ing["drain_s"] if base_ing else None,
+        "ingest_drain_msgs_per_s": base_ing.get("drain_msgs_per_s") if base_ing else None,
         "ingest_p50_ms": ((base_ing or {}).get("latency") or {}).get("p50_ms"),
         "ingest_p99_ms": ((base_ing or {}).get("latency") or {}).get("p99_ms"),
         "ingest_processes": procs.get("baseline-ingest", {}),
