@@ -384,7 +384,7 @@ def write_docs(r, table, path, plot_name):
     block += ["", "```", table, "```", ""]
     if plot_name:
         block += [f"![throughput and latency]({plot_name})", ""]
-    block += ["Raw figures: `bench-results/latest.json` of that run (keys as listed below).", "", END]
+    block += ["Raw figures: `bench-results/latest.json` of that run (keys as listed above).", "", END]
     text = "\n".join(block)
     if os.path.exists(path):
         with open(path) as f:
