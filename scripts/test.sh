@@ -110,11 +110,16 @@ else
     test_cmd=(cargo test "${cargo_flags[@]}" --workspace --no-fail-fast "${runner_args[@]}")
 fi
 echo "    ${test_cmd[*]}" >&2
-# The runner prints its own summary (nextest: "Summary [...] N tests run: N passed ...").
-if timeout --foreground -k 30 "$test_timeout" "${test_cmd[@]}"; then
+# The runner prints its own summary (nextest: "Summary [...] N tests run: N passed ...");
+# a copy of its output lets the last lines of this script repeat the counts.
+runner_log="$(mktemp)"
+set +e
+timeout --foreground -k 30 "$test_timeout" "${test_cmd[@]}" 2>&1 | tee "$runner_log"
+rc=${PIPESTATUS[0]}
+set -e
+if ((rc == 0)); then
     record tests ok $((SECONDS - t))
 else
-    rc=$?
     ((rc == 124)) && echo "tests: timed out after ${test_timeout}s" >&2
     record tests FAILED $((SECONDS - t))
 fi
@@ -123,7 +128,14 @@ if [[ "$IOT_TEST_RUNNER" == nextest && ${#runner_args[@]} -eq 0 ]]; then
     # nextest does not run doc tests.
     step "doc tests"
     t=$SECONDS
-    if cargo test "${cargo_flags[@]}" --workspace --doc; then record doctests ok $((SECONDS - t)); else record doctests FAILED $((SECONDS - t)); fi
+    # Quiet unless it fails: its per-crate "0 passed" lines would bury the runner's summary.
+    doc_log="$(mktemp)"
+    if cargo test "${cargo_flags[@]}" --workspace --doc >"$doc_log" 2>&1; then
+        record doctests ok $((SECONDS - t))
+    else
+        cat "$doc_log"
+        record doctests FAILED $((SECONDS - t))
+    fi
 fi
 
 # clippy checks every dependency again (metadata builds are not shared with `cargo build`):
@@ -146,6 +158,19 @@ if [[ -z "${IOT_SKIP_HELM:-}" && -x scripts/helm-check.sh && ${#runner_args[@]} 
 fi
 
 summary
+# The test runner's counts close the output, so a reader (or CI) sees them last.
+if [[ -s "${runner_log:-}" ]]; then
+    if [[ "$IOT_TEST_RUNNER" == nextest ]]; then
+        runner_summary="$(grep -E '^ *Summary \[' "$runner_log" | tail -n 1 || true)"
+        tests_passed="$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$runner_summary")"
+        tests_failed="$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$runner_summary")"
+        [[ -n "$runner_summary" ]] && echo "$runner_summary"
+    else
+        tests_passed="$(awk '/^test result:/ {p += $4} END {print p + 0}' "$runner_log")"
+        tests_failed="$(awk '/^test result:/ {f += $6} END {print f + 0}' "$runner_log")"
+    fi
+    echo "tests: ${tests_passed:-0} passed, ${tests_failed:-0} failed"
+fi
 exit "$failed"
 exit
 }

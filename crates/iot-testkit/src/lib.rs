@@ -34,8 +34,69 @@ pub fn unique_suffix() -> String {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// Chosen at random below Linux's ephemeral range (32768-60999): a port the kernel hands out
+/// for `bind(0)` or an outgoing connection in another test process cannot land on it, and a
+/// random pick keeps two parallel test binaries from choosing the same one. Tests that start
+/// a service on it still confirm with [`wait_for_child_port`] that their own child got it.
 pub fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut rng = rand::rng();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..1000 {
+        let port = rng.random_range(20000..32000u16);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `child` itself listens on `addr` (its socket, not another process's that
+/// happens to hold the port), or returns `false` as soon as the child has exited (e.g. it
+/// lost a race for the port). Panics after `timeout`.
+pub async fn wait_for_child_port(child: &mut Child, addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_status)) = child.try_wait() {
+            return false;
+        }
+        if child_listens_on(child.id(), addr.port()) {
+            return true;
+        }
+        assert!(Instant::now() < deadline, "process {} does not listen on {addr} after {timeout:?}", child.id());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether process `pid` owns a TCP socket in LISTEN state on `port` (Linux `/proc`).
+pub fn child_listens_on(pid: u32, port: u16) -> bool {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // fields: sl, local_address, rem_address, st, ..., inode at index 9; 0A = LISTEN
+            if fields.len() > 9 && fields[1].ends_with(&port_hex) && fields[3] == "0A" {
+                inodes.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|inode| target.as_os_str() == inode.as_str()))
+            .unwrap_or(false)
+    })
 }
 
 /// A database of its own for one test, dropped when the value is dropped.
@@ -101,15 +162,22 @@ impl Mosquitto {
     pub async fn start(extra_config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut broker = Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string() };
-        broker.spawn().await;
-        broker
+        // Another test process may take the port between the pick and the bind: pick again.
+        for _ in 0..5 {
+            if broker.spawn().await {
+                return broker;
+            }
+            broker.port = free_port();
+        }
+        panic!("mosquitto did not start in 5 attempts:\n{}", broker.log())
     }
 
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("mosquitto.conf")
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the broker; `false` when it exited without listening (port taken).
+    async fn spawn(&mut self) -> bool {
         // Started as root, Mosquitto switches to the `mosquitto` user, which cannot write the
         // persistence file into this root-owned 0700 temporary directory: a restart would then
         // lose every session and queued message. `user <ourselves>` keeps it as it is.
@@ -136,8 +204,11 @@ impl Mosquitto {
             .stderr(log)
             .spawn()
             .expect("cannot start mosquitto; run the tests through scripts/test.sh");
+        let mut child = child;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let listening = wait_for_child_port(&mut child, addr, Duration::from_secs(10)).await;
         self.child = Some(child);
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10)).await;
+        listening
     }
 
     /// Stops the broker (SIGTERM, so that persistence is written) and waits for it.
@@ -151,7 +222,8 @@ impl Mosquitto {
     /// Starts it again on the same port with the same configuration and data directory.
     pub async fn restart(&mut self) {
         self.stop();
-        self.spawn().await;
+        let listening = self.spawn().await;
+        assert!(listening, "mosquitto did not start again on port {}:\n{}", self.port, self.log());
     }
 
     pub fn log(&self) -> String {

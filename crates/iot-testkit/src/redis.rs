@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{free_port, wait_for_port};
+use crate::{free_port, wait_for_child_port};
 
 /// A `redis-server` on a free port of 127.0.0.1 with a temporary directory and no
 /// persistence, killed on drop. `REDIS_SERVER_BIN` overrides the binary.
@@ -21,8 +21,14 @@ impl RedisServer {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut server = Self { port: free_port(), dir, child: None };
-        server.spawn().await;
-        server
+        // Another test process may take the port between the pick and the bind: pick again.
+        for _ in 0..5 {
+            if server.spawn().await {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start in 5 attempts:\n{}", server.log())
     }
 
     /// `redis://127.0.0.1:{port}`.
@@ -34,7 +40,8 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    async fn spawn(&mut self) {
+    /// Starts the server; `false` when it exited without listening (port taken).
+    async fn spawn(&mut self) -> bool {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string());
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = Command::new(bin)
@@ -47,8 +54,10 @@ impl RedisServer {
             .stderr(log)
             .spawn()
             .expect("cannot start redis-server; install it (apt-get install redis-server) or set REDIS_SERVER_BIN");
+        let mut child = child;
+        let listening = wait_for_child_port(&mut child, self.addr(), Duration::from_secs(10)).await;
         self.child = Some(child);
-        wait_for_port(self.addr(), Duration::from_secs(10)).await;
+        listening
     }
 
     /// Stops the server (SIGKILL, as an outage would) and waits for it to be gone.
@@ -83,7 +92,8 @@ impl RedisServer {
     /// Starts a fresh (empty) server on the same port after [`stop`](Self::stop).
     pub async fn start_again(&mut self) {
         self.stop();
-        self.spawn().await;
+        let listening = self.spawn().await;
+        assert!(listening, "redis-server did not start again on port {}:\n{}", self.port, self.log());
     }
 
     pub fn is_running(&self) -> bool {

@@ -7,7 +7,7 @@ use std::{
 use iot_api::{Application, Config, CookieSecure};
 use iot_proto::storage::v1::{WriteReadingsRequest, storage_service_client::StorageServiceClient};
 use iot_runtime::{CancellationToken, logging::LogFormat};
-use iot_testkit::{ChildGuard, Mosquitto, TestDatabase, eventually, free_port, unique_suffix, wait_for_port, workspace_bin};
+use iot_testkit::{ChildGuard, Mosquitto, TestDatabase, eventually, free_port, unique_suffix, wait_for_child_port, workspace_bin};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -41,18 +41,11 @@ async fn start_listening(mut spawn: impl FnMut(SocketAddr) -> Child) -> (SocketA
     for _ in 0..5 {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = spawn(addr);
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return (addr, ChildGuard(Some(child)));
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                eprintln!("service on {addr} exited early ({status}); retrying on another port");
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "nothing listens on {addr} after 90 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Our own child must hold the port: a connect alone could reach another test's service.
+        if wait_for_child_port(&mut child, addr, Duration::from_secs(90)).await {
+            return (addr, ChildGuard(Some(child)));
         }
+        eprintln!("service on {addr} exited early; retrying on another port");
     }
     panic!("the service did not start in 5 attempts (see its log)");
 }
@@ -179,8 +172,10 @@ impl TestApp {
 
     pub async fn restart_storage(&mut self) {
         // Same port: the api's channel must find it where it was.
-        self.storage = ChildGuard(Some(start_storage(&self.db.url, self.storage_addr, self.dir.path())));
-        wait_for_port(self.storage_addr, Duration::from_secs(90)).await;
+        let mut child = start_storage(&self.db.url, self.storage_addr, self.dir.path());
+        let listening = wait_for_child_port(&mut child, self.storage_addr, Duration::from_secs(90)).await;
+        self.storage = ChildGuard(Some(child));
+        assert!(listening, "storage did not start again on {}", self.storage_addr);
     }
 
     pub fn url(&self, path: &str) -> String {
