@@ -310,6 +310,14 @@ impl ChildGuard {
         }
     }
 
+    /// Waits until this child itself listens on `addr` (see [`wait_for_child_port`]); panics
+    /// if it exits first or after `timeout`.
+    pub async fn wait_listening(&mut self, addr: SocketAddr, timeout: Duration) {
+        let child = self.0.as_mut().expect("the child was already stopped");
+        let listening = wait_for_child_port(child, addr, timeout).await;
+        assert!(listening, "the child exited before listening on {addr}");
+    }
+
     /// SIGKILL, as a crash or an OOM kill would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use iot_testkit::{ChildGuard, eventually, free_port, wait_for_port};
+use iot_testkit::{ChildGuard, eventually, free_port};
 use reqwest::Client;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{Value, json};
@@ -39,8 +39,8 @@ impl WebDriver {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let driver = ChildGuard(Some(driver));
-        wait_for_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30)).await;
+        let mut driver = ChildGuard(Some(driver));
+        driver.wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(30)).await;
         let http = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let mut webdriver = Self { http, base: format!("http://127.0.0.1:{port}"), _driver: driver };
         let session = webdriver

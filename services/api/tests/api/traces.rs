@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use iot_testkit::{ChildGuard, free_port, otlp::{CollectedSpan, OtlpReceiver, describe}, wait_for_port, workspace_bin};
+use iot_testkit::{ChildGuard, free_port, otlp::{CollectedSpan, OtlpReceiver, describe}, workspace_bin};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -44,7 +44,7 @@ async fn a_request_exports_a_server_span_under_the_callers_trace_with_grpc_clien
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
-    wait_for_port(listen, Duration::from_secs(20)).await;
+    child.wait_listening(listen, Duration::from_secs(20)).await;
 
     let http = client();
     let base = format!("http://{listen}");

@@ -9,7 +9,7 @@ use std::{
 use iot_proto::session::v1::{
     CreateSessionRequest, ValidateSessionRequest, session_service_client::SessionServiceClient,
 };
-use iot_testkit::{ChildGuard, free_port, wait_for_port, workspace_bin};
+use iot_testkit::{ChildGuard, free_port, workspace_bin};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 #[tokio::test]
@@ -29,8 +29,8 @@ async fn binary_serves_health_and_exits_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
-    wait_for_port(metrics_addr, Duration::from_secs(20)).await;
-    wait_for_port(grpc_addr, Duration::from_secs(20)).await;
+    child.wait_listening(metrics_addr, Duration::from_secs(20)).await;
+    child.wait_listening(grpc_addr, Duration::from_secs(20)).await;
 
     let healthz = reqwest::get(format!("http://{metrics_addr}/healthz")).await.unwrap();
     assert_eq!(healthz.status(), reqwest::StatusCode::OK);

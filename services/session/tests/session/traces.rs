@@ -13,7 +13,7 @@ use iot_proto::session::v1::{
 use iot_testkit::{
     ChildGuard, free_port,
     otlp::{CollectedSpan, OtlpReceiver, describe},
-    wait_for_port, workspace_bin,
+    workspace_bin,
 };
 
 fn random_hex(bytes: usize) -> String {
@@ -61,7 +61,7 @@ async fn calls_export_server_and_redis_spans_under_the_callers_trace() {
         std::io::Read::read_to_string(&mut stdout, &mut logs).unwrap();
         logs
     });
-    wait_for_port(grpc_addr, Duration::from_secs(20)).await;
+    child.wait_listening(grpc_addr, Duration::from_secs(20)).await;
     // A readiness probe pings Redis; probes must not produce traces.
     let readyz = reqwest::get(format!("http://{metrics_addr}/readyz")).await.unwrap();
     assert_eq!(readyz.status(), reqwest::StatusCode::OK);

@@ -4,7 +4,7 @@ use std::{
 };
 
 use iot_proto::storage::v1 as pb;
-use iot_testkit::{ChildGuard, TestDatabase, free_port, wait_for_port};
+use iot_testkit::{ChildGuard, TestDatabase, free_port};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -33,7 +33,7 @@ async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
         .unwrap();
     let mut child = ChildGuard(Some(child));
     let grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
-    wait_for_port(grpc_addr, Duration::from_secs(30)).await;
+    child.wait_listening(grpc_addr, Duration::from_secs(30)).await;
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{metrics_port}");
