@@ -63,6 +63,9 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Create and migrate the database, then exit (a Helm pre-upgrade Job runs this once).
+    #[arg(long, env = "STORAGE_MIGRATE_ONLY")]
+    pub migrate_only: bool,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             db_startup_timeout: 10.0,
             shutdown_grace: 10.0,
             log_format: LogFormat::Text,
+            migrate_only: false,
         }
     }
 
@@ -236,6 +240,16 @@ impl Application {
         tracing::info!("storage stopped");
         Ok(())
     }
+}
+
+/// Creates the database if needed and applies pending migrations, then returns: the
+/// `--migrate-only` mode. Safe next to running replicas (the same lock guards both).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let connect_timeout = Config::seconds(config.db_connect_timeout, "db-connect-timeout")?;
+    let startup_timeout = Config::seconds(config.db_startup_timeout, "db-startup-timeout")?;
+    prepare_database(&config.database_url, connect_timeout, startup_timeout).await?;
+    tracing::info!("database migrated");
+    Ok(())
 }
 
 /// Creates the database if needed and migrates it, retrying while the server is not reachable

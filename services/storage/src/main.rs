@@ -1,11 +1,14 @@
 use clap::Parser;
 use iot_runtime::{CancellationToken, logging, shutdown_signal};
-use iot_storage::{Config, run};
+use iot_storage::{Config, migrate, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     logging::init("iot-storage", config.log_format);
+    if config.migrate_only {
+        return migrate(&config).await;
+    }
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -158,3 +158,29 @@ async fn the_binary_serves_health_metrics_and_stops_on_sigterm() {
     );
     assert!(log.contains("storage gRPC server listening"), "{log}");
 }
+
+/// `--migrate-only` (the chart's pre-upgrade Job): migrates a fresh database, listens on
+/// nothing, exits 0; running it again finds nothing to do and exits 0 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_only_migrates_and_exits() {
+    use mysql_async::prelude::Queryable;
+    let db = TestDatabase::create().await;
+    for _ in 0..2 {
+        let status = Command::new(env!("CARGO_BIN_EXE_iot-storage"))
+            .arg("--migrate-only")
+            .env("STORAGE_DATABASE_URL", &db.url)
+            // Ports another process holds must not matter: nothing is bound in this mode.
+            .env("STORAGE_GRPC_ADDR", "127.0.0.1:1")
+            .env("STORAGE_METRICS_ADDR", "127.0.0.1:1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "--migrate-only exited with {status}");
+    }
+    let mut conn = db.connect().await;
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.unwrap();
+    for table in ["users", "devices", "readings", "device_metrics"] {
+        assert!(tables.iter().any(|t| t == table), "table {table} missing after --migrate-only: {tables:?}");
+    }
+}
