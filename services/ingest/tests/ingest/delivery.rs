@@ -1,6 +1,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use crate::helpers::*;
+use iot_testkit::eventually;
 
 #[tokio::test]
 async fn every_qos1_message_is_stored_exactly_once() {
@@ -152,6 +153,25 @@ async fn broker_restart_mid_stream_loses_nothing() {
     publisher.flush().await;
     // Restart (SIGTERM: Mosquitto writes its persistence file) while ingest holds messages.
     stack.broker.restart().await;
+    // Mosquitto 2.0.x persists a session and its queued/in-flight messages but not its
+    // *shared* subscriptions (only plain ones are written to mosquitto.db): until ingest's
+    // reconnect re-sends `$share/ingest/...`, nothing matches and the broker drops (after
+    // acknowledging) whatever devices publish. That window is a deployment limitation
+    // (see README, "Broker restart"), not what this test is about: it checks that what the
+    // broker held across the restart reaches the table. So publish again only once ingest
+    // is connected and subscribed again, as a device reconnecting would, with a new
+    // connection (the old client's publishes written into the dying socket are not the
+    // broker's yet).
+    let ops = ingest.ops_addr;
+    eventually("ingest reconnected and subscribed again", Duration::from_secs(30), || async move {
+        let text = reqwest::get(format!("http://{ops}/metrics")).await.ok()?.text().await.ok()?;
+        let reconnected = parse_metrics(&text).get("ingest_mqtt_connections_total").copied().unwrap_or(0.0) >= 2.0;
+        let ready = reqwest::get(format!("http://{ops}/readyz")).await.ok()?.status().is_success();
+        (reconnected && ready).then_some(())
+    })
+    .await;
+    drop(publisher);
+    let mut publisher = Publisher::connect(stack.broker.port).await;
     for (topic, body) in messages(1000, 1500, &mut expected) {
         publisher.publish(&topic, body).await;
     }
