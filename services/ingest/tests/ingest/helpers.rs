@@ -13,7 +13,7 @@ use std::{
 use iot_proto::storage::v1::{
     CreateDeviceRequest, CreateUserRequest, storage_service_client::StorageServiceClient,
 };
-use iot_testkit::{ChildGuard, Mosquitto, TestDatabase, eventually, free_port, unique_suffix, wait_for_port, workspace_bin};
+use iot_testkit::{ChildGuard, Mosquitto, TestDatabase, eventually, free_port, unique_suffix, workspace_bin};
 use mysql_async::prelude::Queryable;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -81,7 +81,8 @@ impl Storage {
             .spawn()
             .unwrap();
         self.child = ChildGuard(Some(child));
-        wait_for_port(self.grpc_addr, Duration::from_secs(30)).await;
+        // Our own child must hold the port: a connect alone could reach another test's storage.
+        self.child.wait_listening(self.grpc_addr, Duration::from_secs(30)).await;
     }
 
     pub fn url(&self) -> String {
@@ -244,6 +245,7 @@ impl Ingest {
         // Logs go to stdout (iot-runtime's fmt layer); keep both streams for failure messages.
         let child = command.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = ChildGuard(Some(child));
+        self.child.wait_listening(self.ops_addr, Duration::from_secs(30)).await;
         let url = format!("http://{}/readyz", self.ops_addr);
         eventually(&format!("ingest {} ready", self.client_id), Duration::from_secs(30), || {
             let url = url.clone();
