@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::process::CommandExt;
+
 use iot_chart_tests::{render_all, tool};
 
 struct Broker {
@@ -17,6 +19,11 @@ struct Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // As root the broker runs under `runuser`, which forks it: killing only our child
+        // would leave the broker running. It leads its own process group; kill the group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -129,6 +136,7 @@ fn start(bin: &Path, conf: &Path, log: &Path, port: u16) -> Broker {
     let child = as_broker_user(bin)
         .arg("-c")
         .arg(conf)
+        .process_group(0)
         .stdout(Stdio::from(log_file.try_clone().unwrap()))
         .stderr(Stdio::from(log_file))
         .spawn()
