@@ -599,7 +599,9 @@ fn byte_offset(payload: &[u8], line: usize, column: usize) -> Option<usize> {
     Some((start + column.saturating_sub(1)).min(payload.len()))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// At most `max` bytes of `s`, cut on a character boundary: for quoting untrusted text
+/// (topics, fields) in logs and rejection details without letting it grow them unbounded.
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -95,7 +95,7 @@ impl Pipeline {
         match iot_payload::parse_with(&topic, &delivery.publish.payload, delivery.received_at_us, &self.limits) {
             Err(rejection) => {
                 tracing::warn!(
-                    topic = %truncate(&topic, 120),
+                    topic = %iot_payload::truncate(&topic, 120),
                     reason = rejection.reason.label(),
                     detail = %rejection.detail,
                     "message rejected"
@@ -210,15 +210,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
