@@ -209,6 +209,24 @@ pub fn describe(spans: &[CollectedSpan]) -> String {
         .join("\n")
 }
 
+/// A fresh remote parent: `(trace_id, span_id)` as lowercase hex (32 and 16 digits), never zero.
+pub fn random_parent() -> (String, String) {
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    let trace: [u8; 16] = rng.random();
+    let span: [u8; 8] = rng.random();
+    // An all-zero id is invalid; make the first byte non-zero.
+    let (mut trace, mut span) = (trace, span);
+    trace[0] |= 1;
+    span[0] |= 1;
+    (hex(&trace), hex(&span))
+}
+
+/// The W3C `traceparent` value of a sampled span.
+pub fn traceparent(trace_id: &str, span_id: &str) -> String {
+    format!("00-{trace_id}-{span_id}-01")
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

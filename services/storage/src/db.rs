@@ -7,7 +7,7 @@ use deadpool::Runtime;
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{
-    AsyncMysqlConnection, RunQueryDsl,
+    AsyncConnection as _, AsyncMysqlConnection, RunQueryDsl,
     async_connection_wrapper::AsyncConnectionWrapper,
     pooled_connection::{PoolError as ConnPoolError, PoolableConnection},
 };
@@ -136,7 +136,11 @@ async fn establish(url: String) -> diesel::ConnectionResult<AsyncMysqlConnection
     let conn = mysql_async::Conn::new(opts)
         .await
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-    AsyncMysqlConnection::try_from(conn).await
+    let target = crate::db_trace::Target::of(&conn);
+    let mut conn = AsyncMysqlConnection::try_from(conn).await?;
+    // Client spans for the statements run inside traced requests (db_trace.rs).
+    conn.set_instrumentation(crate::db_trace::QueryTracing::new(target));
+    Ok(conn)
 }
 
 /// Connections for the pool. A connection idle for a while is pinged before reuse (the server

@@ -18,6 +18,7 @@ use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 
 mod cached_sql;
 pub mod db;
+pub mod db_trace;
 pub mod devices;
 pub mod error;
 pub mod metrics;
@@ -212,7 +213,9 @@ impl Application {
                 tracing::info!("storage shutting down: draining calls in flight");
             }
         };
-        let server = tonic::transport::Server::builder()
+        // A server span per call, continuing the caller's trace (traceparent metadata); the
+        // database spans of the handler (db_trace.rs) are its children.
+        let server = iot_runtime::telemetry::grpc::traced_server()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

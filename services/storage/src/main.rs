@@ -5,7 +5,8 @@ use iot_storage::{Config, migrate, run};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    logging::init("iot-storage", config.log_format);
+    // Flushes the spans not exported yet when main returns.
+    let _telemetry = logging::init_with_guard("iot-storage", config.log_format);
     if config.migrate_only {
         return migrate(&config).await;
     }

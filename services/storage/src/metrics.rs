@@ -101,6 +101,7 @@ struct PoolCollector {
     max: IntGauge,
     size: IntGauge,
     available: IntGauge,
+    in_use: IntGauge,
     waiting: IntGauge,
 }
 
@@ -120,6 +121,10 @@ impl PoolCollector {
                 "storage_db_pool_available",
                 "idle database connections in the pool",
             )?,
+            in_use: IntGauge::new(
+                "storage_db_pool_in_use",
+                "database connections checked out by requests now",
+            )?,
             waiting: IntGauge::new(
                 "storage_db_pool_waiting",
                 "requests waiting for a database connection",
@@ -134,6 +139,7 @@ impl Collector for PoolCollector {
             self.max.desc(),
             self.size.desc(),
             self.available.desc(),
+            self.in_use.desc(),
             self.waiting.desc(),
         ]
         .concat()
@@ -145,11 +151,13 @@ impl Collector for PoolCollector {
         gauge(&self.max, status.max_size);
         gauge(&self.size, status.size);
         gauge(&self.available, status.available);
+        gauge(&self.in_use, status.size.saturating_sub(status.available));
         gauge(&self.waiting, status.waiting);
         [
             self.max.collect(),
             self.size.collect(),
             self.available.collect(),
+            self.in_use.collect(),
             self.waiting.collect(),
         ]
         .concat()

@@ -519,7 +519,8 @@ impl StorageService for StorageApi {
             // Two chunks in flight: the next page is read while the client takes the last one.
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             let db = self.db.clone();
-            tokio::spawn(async move {
+            // In the call's span, so that the page queries are traced as part of the call.
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let mut cursor = range.cursor;
                 loop {
                     // A connection per page: a slow reader must not hold one for the whole stream.
@@ -552,7 +553,7 @@ impl StorageService for StorageApi {
                         }
                     }
                 }
-            });
+            }));
             Ok(ReceiverStream::new(rx))
         })
         .await

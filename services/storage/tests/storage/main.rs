@@ -8,4 +8,5 @@ mod failures;
 mod helpers;
 mod process;
 mod readings;
+mod traces;
 mod users;
