@@ -74,7 +74,10 @@ impl Application {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
-        let storage = StorageServiceClient::new(channel.clone()).max_decoding_message_size(16 * 1024 * 1024);
+        // Client spans for WriteReadings, whose context storage continues (readiness pings use
+        // the bare channel: probes are not traced).
+        let traced = iot_runtime::telemetry::grpc::traced_channel(channel.clone(), endpoint.uri());
+        let storage = StorageServiceClient::new(traced).max_decoding_message_size(16 * 1024 * 1024);
 
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(
             mqtt::options(&config, client_id.clone()),
@@ -91,6 +94,7 @@ impl Application {
 
         let pipeline = Pipeline {
             storage,
+            subscription: config.subscription.clone(),
             acker: acker.clone(),
             metrics: metrics.clone(),
             limits: config.limits(),

@@ -14,9 +14,11 @@ pub struct Metrics {
     pub messages_acked: IntCounter,
     pub messages_rejected: IntCounterVec,
     pub senml_records_skipped: IntCounterVec,
+    pub messages_written: IntCounter,
     pub readings_written: IntCounter,
     pub readings_duplicate: IntCounter,
     pub batches: IntCounter,
+    pub batch_messages: Histogram,
     pub batch_readings: Histogram,
     pub batch_write_seconds: Histogram,
     pub lag_seconds: Histogram,
@@ -67,12 +69,21 @@ impl Metrics {
             messages_acked: counter("ingest_messages_acked_total", "PUBACKs sent (after commit or rejection)")?,
             messages_rejected,
             senml_records_skipped,
+            messages_written: counter(
+                "ingest_messages_written_total",
+                "Messages whose readings storage committed (then acknowledged); a redelivery counts again",
+            )?,
             readings_written: counter("ingest_readings_written_total", "Readings newly stored")?,
             readings_duplicate: counter(
                 "ingest_readings_duplicate_total",
                 "Readings storage already had (redeliveries, device retries)",
             )?,
             batches: counter("ingest_batches_total", "WriteReadings batches committed")?,
+            batch_messages: histogram(
+                "ingest_batch_messages",
+                "Messages per committed batch",
+                exponential_buckets(1.0, 2.0, 14)?,
+            )?,
             batch_readings: histogram(
                 "ingest_batch_readings",
                 "Readings per committed batch",

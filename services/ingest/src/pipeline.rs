@@ -4,12 +4,14 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use iot_payload::Limits;
 use iot_proto::storage::v1::{Reading, WriteReadingsRequest, storage_service_client::StorageServiceClient};
+use iot_runtime::telemetry::{self, grpc::GrpcClientTrace, mqtt};
 use tokio::{
     sync::{Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
 use tonic::transport::Channel;
+use tracing::{Instrument as _, Span};
 
 use crate::{
     acks::Acker,
@@ -25,6 +27,11 @@ struct Entry {
     device_id: String,
     first_ts_us: i64,
     readings: std::ops::Range<usize>,
+    /// The message's process span (`Span::none()` with tracing off), ended when the message is
+    /// acknowledged: it covers the message's whole stay in ingest.
+    span: Span,
+    /// Whether the publisher sent a trace context (the span continues the device's trace).
+    traced: bool,
 }
 
 #[derive(Default)]
@@ -33,8 +40,13 @@ struct Batch {
     entries: Vec<Entry>,
 }
 
+/// The storage client: every call gets a client span and carries the trace context.
+pub type StorageClient = StorageServiceClient<GrpcClientTrace<Channel>>;
+
 pub struct Pipeline {
-    pub storage: StorageServiceClient<Channel>,
+    pub storage: StorageClient,
+    /// The subscription filter, for the spans' `messaging.destination.subscription.name`.
+    pub subscription: String,
     pub acker: Arc<Acker>,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -92,8 +104,26 @@ impl Pipeline {
 
     fn accept(&self, delivery: Delivery, batch: &mut Batch) {
         let topic = String::from_utf8_lossy(&delivery.publish.topic).into_owned();
-        match iot_payload::parse_with(&topic, &delivery.publish.payload, delivery.received_at_us, &self.limits) {
+        let properties: &[(String, String)] =
+            delivery.publish.properties.as_ref().map(|p| p.user_properties.as_slice()).unwrap_or(&[]);
+        // A process span per message: a child of the device's span when the message carries a
+        // `traceparent` user property, else the root of a trace of its own. Off: nothing at all.
+        let (span, traced) = if telemetry::is_enabled() {
+            (
+                mqtt::process_span(&topic, &self.subscription, properties, delivery.publish.payload.len()),
+                mqtt::has_trace_context(properties),
+            )
+        } else {
+            (Span::none(), false)
+        };
+        let parsed = span.in_scope(|| {
+            iot_payload::parse_with(&topic, &delivery.publish.payload, delivery.received_at_us, &self.limits)
+        });
+        match parsed {
             Err(rejection) => {
+                span.record("otel.status_code", "error");
+                span.record("error.type", rejection.reason.label());
+                let _in_span = span.enter(); // the log line names the trace; the span ends at the ack
                 tracing::warn!(
                     topic = %iot_payload::truncate(&topic, 120),
                     reason = rejection.reason.label(),
@@ -122,6 +152,8 @@ impl Pipeline {
                     device_id: parsed.device_id,
                     first_ts_us,
                     readings: start..batch.readings.len(),
+                    span,
+                    traced,
                 });
             }
         }
@@ -131,15 +163,20 @@ impl Pipeline {
     async fn write(&self, batch: Batch) {
         self.metrics.inflight_batches.inc();
         let started = Instant::now();
-        let result = self.write_with_retry(&batch.readings).await;
+        let span = self.batch_span(&batch.entries);
+        let result = self.write_with_retry(&batch.readings).instrument(span.clone()).await;
         match result {
             WriteOutcome::Committed(unknown) => {
                 self.metrics.batches.inc();
+                self.metrics.batch_messages.observe(batch.entries.len() as f64);
                 self.metrics.batch_readings.observe(batch.readings.len() as f64);
                 self.metrics.batch_write_seconds.observe(started.elapsed().as_secs_f64());
                 self.finish(batch.entries, &unknown);
             }
             WriteOutcome::Invalid(message) if batch.entries.len() > 1 => {
+                span.record("otel.status_code", "error");
+                span.record("error.type", STORAGE_REJECTED);
+                drop(span);
                 // One bad message must not hold the others back: write them one by one.
                 tracing::warn!(error = %message, messages = batch.entries.len(), "storage refused a batch; retrying its messages one by one");
                 for entry in batch.entries {
@@ -149,7 +186,13 @@ impl Pipeline {
                 }
             }
             WriteOutcome::Invalid(message) => {
+                span.record("otel.status_code", "error");
+                span.record("error.type", STORAGE_REJECTED);
                 for entry in batch.entries {
+                    let span = entry.span.clone();
+                    let _in_span = span.enter(); // ends the message's span at its acknowledgement
+                    span.record("otel.status_code", "error");
+                    span.record("error.type", STORAGE_REJECTED);
                     tracing::warn!(device_id = %entry.device_id, reason = STORAGE_REJECTED, detail = %message, "message rejected");
                     self.metrics.reject(STORAGE_REJECTED);
                     self.acker.done(entry.generation, entry.seq, entry.publish);
@@ -159,15 +202,33 @@ impl Pipeline {
         self.metrics.inflight_batches.dec();
     }
 
+    /// The batch's span: under the process span of its first message that continues a device's
+    /// trace (else of its first message), linked to the process spans of the others.
+    fn batch_span(&self, entries: &[Entry]) -> Span {
+        let Some(first) = entries.iter().find(|e| e.traced).or_else(|| entries.first()) else {
+            return Span::none();
+        };
+        if first.span.is_none() {
+            return Span::none(); // tracing is off
+        }
+        mqtt::batch_span_of(&self.subscription, &first.span, entries.iter().map(|e| &e.span))
+    }
+
     fn finish(&self, entries: Vec<Entry>, unknown: &HashSet<String>) {
         let now = now_us();
         for entry in entries {
+            // The message's span ends when it was last entered: here, at the acknowledgement.
+            let span = entry.span.clone();
+            let _in_span = span.enter();
             if unknown.contains(&entry.device_id) {
+                entry.span.record("otel.status_code", "error");
+                entry.span.record("error.type", iot_payload::RejectReason::UnknownDevice.label());
                 tracing::warn!(device_id = %entry.device_id, reason = "unknown_device", "message rejected: device is not registered");
                 self.metrics.reject(iot_payload::RejectReason::UnknownDevice.label());
             } else {
                 let lag_us = (now - entry.first_ts_us).max(0);
                 self.metrics.lag_seconds.observe(lag_us as f64 / 1e6);
+                self.metrics.messages_written.inc();
             }
             self.acker.done(entry.generation, entry.seq, entry.publish);
         }

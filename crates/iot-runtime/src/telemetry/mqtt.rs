@@ -96,6 +96,48 @@ where
     span
 }
 
+/// The span of writing a batch of received messages (kind consumer), when each message has a
+/// [`process_span`] that lives until the message is settled: a child of `parent` (the process
+/// span of the batch's first traced message, so that its trace runs on into storage) and linked
+/// to the process span of every other message of the batch, whichever trace each belongs to.
+/// `messages` yields every message's process span, `parent` included (it is not linked to).
+pub fn batch_span_of<'a, I>(subscription: &str, parent: &tracing::Span, messages: I) -> tracing::Span
+where
+    I: IntoIterator<Item = &'a tracing::Span>,
+{
+    let span = tracing::info_span!(
+        parent: parent,
+        "mqtt.process_batch",
+        otel.name = %format_args!("process {subscription}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = super::semconv::MESSAGING_SYSTEM_MQTT,
+        messaging.operation.type = "process",
+        messaging.destination.subscription.name = subscription,
+        messaging.batch.message_count = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let mut count = 0_i64;
+    for message in messages {
+        count += 1;
+        if message.id().is_some() && message.id() == parent.id() {
+            continue;
+        }
+        if let Some(linked) = super::remote_span_context(&super::context_of(message)) {
+            super::OpenTelemetrySpanExt::add_link(&span, linked);
+        }
+    }
+    span.record("messaging.batch.message_count", count);
+    super::record_trace_id(&span);
+    span
+}
+
+/// Whether `properties` carry a valid `traceparent` (the message continues a publisher's trace).
+pub fn has_trace_context(properties: &[(String, String)]) -> bool {
+    extract_user_properties(properties).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
