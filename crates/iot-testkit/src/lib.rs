@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed set-up should fail the test loudly
 
+pub mod mariadb;
+pub mod mqtt;
 pub mod otlp;
 pub mod proxy;
 pub mod redis;
@@ -79,7 +81,9 @@ pub fn child_listens_on(pid: u32, port: u16) -> bool {
     let port_hex = format!(":{port:04X}");
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // fields: sl, local_address, rem_address, st, ..., inode at index 9; 0A = LISTEN
@@ -91,7 +95,9 @@ pub fn child_listens_on(pid: u32, port: u16) -> bool {
     if inodes.is_empty() {
         return false;
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
     fds.flatten().any(|fd| {
         std::fs::read_link(fd.path())
             .map(|target| inodes.iter().any(|inode| target.as_os_str() == inode.as_str()))
@@ -115,9 +121,7 @@ impl TestDatabase {
         let mut conn = pool.get_conn().await.unwrap_or_else(|e| {
             panic!("MariaDB is not reachable at {server_url} ({e}); run the tests through scripts/test.sh")
         });
-        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-            .await
-            .unwrap();
+        conn.query_drop(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")).await.unwrap();
         drop(conn);
         pool.disconnect().await.unwrap();
         let url = format!("{}/{}", server_url.trim_end_matches('/'), name);
@@ -136,7 +140,9 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop runs inside or outside a runtime; a short thread of its own works in both.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut conn) = mysql_async::Conn::from_url(server_url.as_str()).await {
                     let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`")).await;
@@ -154,14 +160,26 @@ pub struct Mosquitto {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra_config: String,
+    restart_guard: bool,
 }
 
 impl Mosquitto {
     /// Starts `mosquitto` on a free port. `extra_config` is appended after the listener
     /// lines (e.g. `allow_anonymous true`, persistence, limits).
     pub async fn start(extra_config: &str) -> Self {
+        Self::start_with(extra_config, false).await
+    }
+
+    /// As [`Mosquitto::start`], but every start runs `deploy/mosquitto/restart-guard.sh arm`
+    /// first, as the deployed broker does (see that script); needs `persistence true`.
+    pub async fn start_with_restart_guard(extra_config: &str) -> Self {
+        Self::start_with(extra_config, true).await
+    }
+
+    async fn start_with(extra_config: &str, restart_guard: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string() };
+        let mut broker =
+            Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string(), restart_guard };
         // Another test process may take the port between the pick and the bind: pick again.
         for _ in 0..5 {
             if broker.spawn().await {
@@ -196,6 +214,18 @@ impl Mosquitto {
         );
         std::fs::write(self.config_path(), config).unwrap();
         let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| "mosquitto".to_string());
+        if self.restart_guard {
+            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mosquitto/restart-guard.sh");
+            let out = Command::new("sh")
+                .arg(script)
+                .arg("arm")
+                .arg(self.config_path())
+                .env("MOSQUITTO", &bin)
+                .env("GUARD_PORT", free_port().to_string())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "restart-guard.sh arm failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(bin)
             .arg("-c")
@@ -219,11 +249,29 @@ impl Mosquitto {
         }
     }
 
+    /// SIGKILL, as a crash would: only what the last autosave wrote survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`stop`](Self::stop) or [`kill`](Self::kill).
+    pub async fn start_again(&mut self) {
+        let listening = self.spawn().await;
+        assert!(listening, "mosquitto did not start again on port {}:\n{}", self.port, self.log());
+    }
+
     /// Starts it again on the same port with the same configuration and data directory.
     pub async fn restart(&mut self) {
         self.stop();
         let listening = self.spawn().await;
         assert!(listening, "mosquitto did not start again on port {}:\n{}", self.port, self.log());
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {
@@ -294,7 +342,9 @@ impl ChildGuard {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns whether it exited 0.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.0.take() else { return false };
+        let Some(mut child) = self.0.take() else {
+            return false;
+        };
         let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + timeout;
         loop {

@@ -9,18 +9,29 @@ use std::{
 
 use crate::{free_port, wait_for_child_port};
 
-/// A `redis-server` on a free port of 127.0.0.1 with a temporary directory and no
-/// persistence, killed on drop. `REDIS_SERVER_BIN` overrides the binary.
+/// A `redis-server` on a free port of 127.0.0.1 with a temporary directory, without
+/// persistence unless started with [`RedisServer::start_persistent`], killed on drop. `REDIS_SERVER_BIN` overrides the binary.
 pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    persistent: bool,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With persistence: an append-only file (fsync every second) in its directory, so that
+    /// a restart ([`restart`](Self::restart)) keeps the keys.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut server = Self { port: free_port(), dir, child: None };
+        let mut server = Self { port: free_port(), dir, child: None, persistent };
         // Another test process may take the port between the pick and the bind: pick again.
         for _ in 0..5 {
             if server.spawn().await {
@@ -44,8 +55,10 @@ impl RedisServer {
     async fn spawn(&mut self) -> bool {
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_string());
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new(bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", appendonly])
+            .args(["--appendfsync", "everysec"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--daemonize", "no", "--protected-mode", "yes"])
@@ -69,6 +82,21 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Graceful restart (SIGTERM, then start on the same port and directory): with
+    /// persistence the keys survive, without it the server comes back empty.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        let listening = self.spawn().await;
+        assert!(listening, "redis-server did not start again on port {}:\n{}", self.port, self.log());
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Freezes the server (SIGSTOP): connections stay open but nothing answers, as with a
