@@ -35,6 +35,8 @@ struct AckState {
     unsent: VecDeque<Publish>,
     /// Messages of every generation received and not yet done (drain waits for 0).
     held: u64,
+    /// Messages ever received through this acker.
+    received_total: u64,
 }
 
 impl Acker {
@@ -52,6 +54,7 @@ impl Acker {
     pub fn received(&self) {
         let mut state = self.lock();
         state.held += 1;
+        state.received_total += 1;
         self.metrics.inflight_messages.set(state.held as i64);
     }
 
@@ -78,7 +81,9 @@ impl Acker {
         state.done.insert(seq, publish);
         loop {
             let next = state.next_seq;
-            let Some(publish) = state.done.remove(&next) else { break };
+            let Some(publish) = state.done.remove(&next) else {
+                break;
+            };
             state.next_seq += 1;
             state.unsent.push_back(publish);
         }
@@ -107,6 +112,10 @@ impl Acker {
                 }
             }
         }
+    }
+
+    pub fn received_total(&self) -> u64 {
+        self.lock().received_total
     }
 
     pub fn held(&self) -> u64 {

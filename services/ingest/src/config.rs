@@ -67,6 +67,18 @@ pub struct Config {
     /// Most readings one message may carry (`too_many_metrics`).
     #[arg(long, env = "INGEST_MAX_READINGS_PER_MESSAGE", default_value_t = 1000)]
     pub max_readings_per_message: usize,
+    /// Client id of the broker's restart guard session (deploy/mosquitto/restart-guard.sh arms
+    /// it before every broker start; keep both equal). After each (re)subscription ingest
+    /// drains what the broker queued for it while no shared subscription existed. Empty: off.
+    #[arg(long, env = "INGEST_RESTART_GUARD_CLIENT_ID", default_value = "ingest-restart-guard")]
+    pub restart_guard_client_id: String,
+    /// The plain topic filter the restart guard subscribes to (unsubscribed once drained).
+    #[arg(long, env = "INGEST_RESTART_GUARD_TOPIC", default_value = "devices/+/telemetry")]
+    pub restart_guard_topic: String,
+    /// Also check the restart guard session this often (seconds; 0: only after reconnects), so
+    /// that a drain interrupted by a replica that never comes back is finished by another.
+    #[arg(long, env = "INGEST_RESTART_GUARD_RECHECK_SECS", default_value_t = 300)]
+    pub restart_guard_recheck_secs: u64,
     /// On SIGTERM: how long to wait for held messages to be committed and acknowledged.
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]
     pub shutdown_timeout_secs: u64,
@@ -80,6 +92,8 @@ pub enum ConfigError {
     NoClientId,
     #[error("INGEST_MQTT_PASSWORD is set without INGEST_MQTT_USERNAME")]
     PasswordWithoutUsername,
+    #[error("INGEST_RESTART_GUARD_CLIENT_ID must differ from the replica's own client id {0:?}")]
+    GuardIsClientId(String),
 }
 
 impl Config {
@@ -99,7 +113,12 @@ impl Config {
         if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
             return Err(ConfigError::PasswordWithoutUsername);
         }
-        self.resolved_client_id().map(|_| ())
+        let client_id = self.resolved_client_id()?;
+        // The guard connection would take the replica's own session over, and back.
+        if client_id == self.restart_guard_client_id {
+            return Err(ConfigError::GuardIsClientId(client_id));
+        }
+        Ok(())
     }
 
     pub fn resolved_client_id(&self) -> Result<String, ConfigError> {

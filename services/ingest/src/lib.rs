@@ -9,6 +9,7 @@
 
 pub mod acks;
 pub mod config;
+pub mod guard;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
@@ -92,6 +93,19 @@ impl Application {
         let readiness = readiness(shared.clone(), channel);
         let ops = OpsServer::start(config.metrics_addr, registry, readiness, shutdown.clone()).await?;
 
+        if !config.restart_guard_client_id.is_empty() {
+            tokio::spawn(
+                guard::Guard {
+                    config: config.clone(),
+                    client_id: config.restart_guard_client_id.clone(),
+                    storage: storage.clone(),
+                    metrics: metrics.clone(),
+                    trigger: shared.resubscribed.clone(),
+                    stop: shutdown.clone(),
+                }
+                .run(),
+            );
+        }
         let pipeline = Pipeline {
             storage,
             subscription: config.subscription.clone(),
@@ -156,8 +170,19 @@ impl Application {
     /// new messages), keep receiving what was already queued for it, commit and acknowledge
     /// everything held, and disconnect, so that its session holds nothing.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { config, shutdown, ops, shared, acker, client, mut eventloop_task, pipeline_task, hard_stop, started, .. } =
-            self;
+        let Self {
+            config,
+            shutdown,
+            ops,
+            shared,
+            acker,
+            client,
+            mut eventloop_task,
+            pipeline_task,
+            hard_stop,
+            started,
+            ..
+        } = self;
         tokio::select! {
             _ = shutdown.cancelled() => {}
             result = &mut eventloop_task => {

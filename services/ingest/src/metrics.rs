@@ -1,7 +1,5 @@
 use iot_payload::{RejectReason, SkipReason};
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets};
 
 /// Reject label for a message whose readings storage refused as invalid (a bug or a rule
 /// storage checks and the parser does not); not one of [`RejectReason`]'s labels.
@@ -27,6 +25,8 @@ pub struct Metrics {
     pub storage_errors: IntCounter,
     pub mqtt_connected: IntGauge,
     pub mqtt_connections: IntCounter,
+    pub restart_guard_checks: IntCounterVec,
+    pub restart_guard_messages: IntCounter,
 }
 
 impl Metrics {
@@ -63,6 +63,17 @@ impl Metrics {
         registry.register(Box::new(senml_records_skipped.clone()))?;
         for reason in [SkipReason::NonNumericValue, SkipReason::SumOnly, SkipReason::NoValue] {
             senml_records_skipped.with_label_values(&[reason.label()]);
+        }
+        let restart_guard_checks = IntCounterVec::new(
+            Opts::new(
+                "ingest_restart_guard_checks_total",
+                "Connections to the broker restart guard session, by outcome (no_session, drained, taken_over, failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(restart_guard_checks.clone()))?;
+        for outcome in ["no_session", "drained", "taken_over", "failed"] {
+            restart_guard_checks.with_label_values(&[outcome]);
         }
         Ok(Self {
             messages_received: counter("ingest_messages_received_total", "MQTT PUBLISH packets received")?,
@@ -107,6 +118,11 @@ impl Metrics {
             storage_errors: counter("ingest_storage_errors_total", "Failed WriteReadings attempts (retried)")?,
             mqtt_connected: gauge("ingest_mqtt_connected", "1 while connected to the broker")?,
             mqtt_connections: counter("ingest_mqtt_connections_total", "Successful MQTT connections (CONNACK)")?,
+            restart_guard_checks,
+            restart_guard_messages: counter(
+                "ingest_restart_guard_messages_total",
+                "Messages received from the restart guard session (also counted in ingest_messages_received_total)",
+            )?,
         })
     }
 

@@ -40,6 +40,8 @@ pub struct MqttShared {
     pub disconnecting: AtomicBool,
     /// Milliseconds since the loop started at which the last PUBLISH arrived.
     pub last_publish_ms: AtomicU64,
+    /// Notified after every successful SUBACK: the restart guard may hold messages now.
+    pub resubscribed: Arc<tokio::sync::Notify>,
 }
 
 pub fn options(config: &Config, client_id: String) -> MqttOptions {
@@ -123,6 +125,7 @@ impl EventLoopTask {
                     if failed.is_empty() {
                         self.shared.subscribed.store(true, Ordering::SeqCst);
                         tracing::info!(filter = %self.subscription, "subscribed");
+                        self.shared.resubscribed.notify_one();
                     } else {
                         self.shared.subscribed.store(false, Ordering::SeqCst);
                         tracing::error!(filter = %self.subscription, codes = ?failed, "subscription refused by the broker");

@@ -360,3 +360,69 @@ fn the_dockerfile_builds_one_binary_per_service_as_a_non_root_user() {
         );
     }
 }
+
+#[test]
+fn the_chart_broker_starts_through_the_restart_guard_of_deploy_mosquitto() {
+    // One script, two copies (Helm reads files only inside the chart): they must not drift.
+    let deploy =
+        std::fs::read_to_string(repo_root().join("deploy/mosquitto/restart-guard.sh")).unwrap();
+    let chart = std::fs::read_to_string(
+        repo_root().join("helm/iot-telemetry/files/mosquitto-restart-guard.sh"),
+    )
+    .unwrap();
+    assert_eq!(
+        chart, deploy,
+        "helm/iot-telemetry/files/mosquitto-restart-guard.sh differs from deploy/mosquitto/restart-guard.sh"
+    );
+    let Some(sets) =
+        render_all("the_chart_broker_starts_through_the_restart_guard_of_deploy_mosquitto")
+            .unwrap()
+    else {
+        return;
+    };
+    for set in &sets {
+        let Some(deployment) = set.find("Deployment", "mosquitto") else {
+            continue;
+        };
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let command: Vec<&str> = container["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            command,
+            [
+                "/bin/sh",
+                "/mosquitto/config/restart-guard.sh",
+                "exec",
+                "/mosquitto/config/mosquitto.conf"
+            ],
+            "{}: the broker must start through the restart guard",
+            set.name
+        );
+        let cm = set.find("ConfigMap", "mosquitto").unwrap();
+        assert_eq!(
+            cm["data"]["restart-guard.sh"].as_str(),
+            Some(deploy.as_str()),
+            "{}",
+            set.name
+        );
+        let guard_id = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "GUARD_CLIENT_ID")
+            .and_then(|e| e["value"].as_str())
+            .unwrap();
+        // Ingest drains the session the broker arms: the same id on both sides.
+        let ingest_id = set
+            .env_entries()
+            .into_iter()
+            .find(|(c, e)| c == "ingest" && e["name"] == "INGEST_RESTART_GUARD_CLIENT_ID")
+            .and_then(|(_, e)| e["value"].as_str().map(str::to_string))
+            .unwrap();
+        assert_eq!(ingest_id, guard_id, "{}", set.name);
+    }
+}

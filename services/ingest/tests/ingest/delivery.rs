@@ -1,7 +1,14 @@
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use crate::helpers::*;
-use iot_testkit::eventually;
+use iot_testkit::{
+    eventually,
+    mqtt::{DevicePublisher, DeviceSpec},
+};
 
 #[tokio::test]
 async fn every_qos1_message_is_stored_exactly_once() {
@@ -103,7 +110,11 @@ async fn storage_down_for_seconds_mid_stream_loses_nothing() {
     publish_some(&mut publisher, &mut expected, 1000).await;
     publisher.flush().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(ingest.metric("ingest_messages_received_total").await, received, "received more while the window was full");
+    assert_eq!(
+        ingest.metric("ingest_messages_received_total").await,
+        received,
+        "received more while the window was full"
+    );
     assert_eq!(ingest.metric("ingest_inflight_messages").await, held);
     assert!(held < 2000.0, "{held} held: the window did not bound what ingest took\n{}", ingest.log_text());
     stack.storage.restart().await;
@@ -126,60 +137,99 @@ pub async fn eventually_metric(ingest: &Ingest, name: &str, want: f64) {
     panic!("{name} is {last}, expected {want}\n{}", ingest.log_text());
 }
 
-#[tokio::test]
-async fn broker_restart_mid_stream_loses_nothing() {
-    let devices = devices(2);
-    let mut stack = Stack::start(&devices).await;
-    let ingest = stack.ingest("ingest-broker-restart").env("INGEST_BATCH_LINGER_MS", 300).start().await;
-    let mut publisher = Publisher::connect(stack.broker.port).await;
+/// Devices publishing continuously (one publisher per device, tracking PUBACKs).
+fn start_devices(stack: &Stack, devices: &[String], rate: f64) -> (Vec<DevicePublisher>, Arc<AtomicUsize>) {
+    let phase = Arc::new(AtomicUsize::new(0));
+    let publishers = devices
+        .iter()
+        .map(|device| {
+            DevicePublisher::spawn(
+                DeviceSpec {
+                    host: "127.0.0.1".into(),
+                    port: stack.broker.port,
+                    device: device.clone(),
+                    credentials: None,
+                    rate_per_sec: rate,
+                    first_ts_ms: BASE_MS,
+                    max_inflight: 100,
+                },
+                phase.clone(),
+            )
+        })
+        .collect();
+    (publishers, phase)
+}
+
+/// Stops the devices (each gets its unacknowledged messages acknowledged first) and checks
+/// that every message the broker acknowledged is in the table with its readings, and that
+/// the table holds nothing else.
+async fn finish_and_check(stack: &Stack, publishers: Vec<DevicePublisher>) -> (usize, u64) {
+    let mut acked = BTreeSet::new();
+    let mut published = 0;
+    let mut republished = 0;
+    for publisher in publishers {
+        let ledger = publisher.finish(Duration::from_secs(60)).await;
+        published += ledger.published.len();
+        republished += ledger.republished;
+        acked.extend(ledger.acked);
+    }
+    assert_eq!(acked.len(), published, "the broker did not acknowledge every message in time");
     let mut expected = BTreeMap::new();
-    let messages = |from: u64, to: u64, expected: &mut BTreeMap<_, _>| {
-        let mut batch = Vec::new();
-        for i in from..to {
-            for device in &devices {
-                let ts = BASE_MS + i as i64;
-                let (body, values) = payload(ts, i);
-                expect_rows(expected, device, ts, values);
-                batch.push((format!("devices/{device}/telemetry"), body));
-            }
+    for key in &acked {
+        for (metric, value) in iot_testkit::mqtt::readings(key.ts_ms) {
+            expected.insert((key.device.clone(), metric.to_string(), key.ts_ms * 1000), value);
         }
-        batch
-    };
-    for (topic, body) in messages(0, 1000, &mut expected) {
-        publisher.publish(&topic, body).await;
     }
-    // The broker owns every message before it goes down (a publisher's own unacknowledged
-    // publishes are not what this test is about).
-    publisher.flush().await;
-    // Restart (SIGTERM: Mosquitto writes its persistence file) while ingest holds messages.
-    stack.broker.restart().await;
-    // Mosquitto 2.0.x persists a session and its queued/in-flight messages but not its
-    // *shared* subscriptions (only plain ones are written to mosquitto.db): until ingest's
-    // reconnect re-sends `$share/ingest/...`, nothing matches and the broker drops (after
-    // acknowledging) whatever devices publish. That window is a deployment limitation
-    // (see README, "Broker restart"), not what this test is about: it checks that what the
-    // broker held across the restart reaches the table. So publish again only once ingest
-    // is connected and subscribed again, as a device reconnecting would, with a new
-    // connection (the old client's publishes written into the dying socket are not the
-    // broker's yet).
-    let ops = ingest.ops_addr;
-    eventually("ingest reconnected and subscribed again", Duration::from_secs(30), || async move {
-        let text = reqwest::get(format!("http://{ops}/metrics")).await.ok()?.text().await.ok()?;
-        let reconnected = parse_metrics(&text).get("ingest_mqtt_connections_total").copied().unwrap_or(0.0) >= 2.0;
-        let ready = reqwest::get(format!("http://{ops}/readyz")).await.ok()?.status().is_success();
-        (reconnected && ready).then_some(())
-    })
-    .await;
-    drop(publisher);
-    let mut publisher = Publisher::connect(stack.broker.port).await;
-    for (topic, body) in messages(1000, 1500, &mut expected) {
-        publisher.publish(&topic, body).await;
-    }
-    publisher.flush().await;
     stack.wait_for_rows(expected.len() as u64, Duration::from_secs(90)).await;
-    assert_eq!(stack.rows().await, expected);
+    assert_eq!(stack.rows().await, expected, "stored readings differ from the acknowledged messages");
+    (published, republished)
+}
+
+#[tokio::test]
+async fn broker_restart_under_load_loses_nothing_the_broker_acknowledged() {
+    let devices = devices(2);
+    let mut stack = Stack::start_guarded(&devices).await;
+    let ingest = stack.ingest("ingest-broker-restart").env("INGEST_BATCH_LINGER_MS", 100).start().await;
+    let (publishers, _) = start_devices(&stack, &devices, 200.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGTERM: Mosquitto writes its state (sessions, queued messages, plain subscriptions; not
+    // the shared one) while ingest holds unacknowledged messages. Devices reconnect and go on
+    // publishing as soon as the broker is back, before ingest has subscribed again: what they
+    // publish in that window reaches ingest only through the restart guard session.
+    stack.broker.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (published, _) = finish_and_check(&stack, publishers).await;
+    assert!(published > 1000, "only {published} messages published");
     assert!(ingest.metric("ingest_mqtt_connections_total").await >= 2.0, "ingest never reconnected");
     let log = ingest.log_text();
     assert!(log.contains(r#""session_present":true"#), "the session did not survive the restart:\n{log}");
+    // Drained twice: the guard is armed at every broker start, the first one included.
+    eventually_metric(&ingest, r#"ingest_restart_guard_checks_total{outcome="drained"}"#, 2.0).await;
     eventually_metric(&ingest, "ingest_inflight_messages", 0.0).await;
+}
+
+#[tokio::test]
+async fn broker_restart_while_every_replica_is_down_loses_nothing() {
+    let devices = devices(2);
+    let mut stack = Stack::start_guarded(&devices).await;
+    let mut a = stack.ingest("ingest-guard-a").start().await;
+    let mut b = stack.ingest("ingest-guard-b").start().await;
+    a.child.kill();
+    b.child.kill();
+    // Nothing subscribes to $share/ingest/... after this restart until a replica is back;
+    // without the guard every message below would be acknowledged and dropped.
+    stack.broker.restart().await;
+    let (publishers, _) = start_devices(&stack, &devices, 300.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both replicas come back at once and race for the guard session.
+    tokio::join!(a.restart(), b.restart());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (published, _) = finish_and_check(&stack, publishers).await;
+    assert!(published > 800, "only {published} messages published");
+    let drained = a.metric(r#"ingest_restart_guard_checks_total{outcome="drained"}"#).await
+        + b.metric(r#"ingest_restart_guard_checks_total{outcome="drained"}"#).await;
+    assert!(drained >= 1.0, "no replica drained the guard session\n{}\n{}", a.log_text(), b.log_text());
+    let guard_messages =
+        a.metric("ingest_restart_guard_messages_total").await + b.metric("ingest_restart_guard_messages_total").await;
+    assert!(guard_messages >= 500.0, "the guard delivered only {guard_messages} messages");
 }

@@ -10,9 +10,7 @@ use std::{
     time::Duration,
 };
 
-use iot_proto::storage::v1::{
-    CreateDeviceRequest, CreateUserRequest, storage_service_client::StorageServiceClient,
-};
+use iot_proto::storage::v1::{CreateDeviceRequest, CreateUserRequest, storage_service_client::StorageServiceClient};
 use iot_testkit::{ChildGuard, Mosquitto, TestDatabase, eventually, free_port, unique_suffix, workspace_bin};
 use mysql_async::prelude::Queryable;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -109,9 +107,22 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(devices: &[String]) -> Self {
+        Self::start_with(devices, false).await
+    }
+
+    /// With the restart guard armed at every broker start (deploy/mosquitto/restart-guard.sh).
+    pub async fn start_guarded(devices: &[String]) -> Self {
+        Self::start_with(devices, true).await
+    }
+
+    async fn start_with(devices: &[String], guarded: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDatabase::create().await;
-        let broker = Mosquitto::start(&broker_config()).await;
+        let broker = if guarded {
+            Mosquitto::start_with_restart_guard(&broker_config()).await
+        } else {
+            Mosquitto::start(&broker_config()).await
+        };
         let storage = Storage::start(&db, dir.path()).await;
         let stack = Self { db, broker, storage, dir };
         stack.register(devices).await;
@@ -162,7 +173,9 @@ impl Stack {
     pub async fn rows(&self) -> BTreeMap<(String, String, i64), f64> {
         let mut conn = self.db.connect().await;
         let rows: Vec<(String, String, i64, f64)> = conn
-            .query("SELECT d.device_id, r.metric, r.ts_us, r.value FROM readings r JOIN devices d ON d.id = r.device_pk")
+            .query(
+                "SELECT d.device_id, r.metric, r.ts_us, r.value FROM readings r JOIN devices d ON d.id = r.device_pk",
+            )
             .await
             .unwrap();
         conn.disconnect().await.unwrap();

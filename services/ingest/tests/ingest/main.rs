@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod helpers;
 mod delivery;
+mod helpers;
 mod rejects;
 mod replicas;
