@@ -81,10 +81,7 @@ impl TraceService for Collector {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut collected = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
+            let resource = resource_spans.resource.map(|r| attributes(&r.attributes)).unwrap_or_default();
             let service_name = resource.get("service.name").cloned().unwrap_or_default();
             for scope_spans in resource_spans.scope_spans {
                 for span in scope_spans.spans {
@@ -92,8 +89,7 @@ impl TraceService for Collector {
                     collected.push(CollectedSpan {
                         trace_id: hex(&span.trace_id),
                         span_id: hex(&span.span_id),
-                        parent_span_id: (!span.parent_span_id.is_empty())
-                            .then(|| hex(&span.parent_span_id)),
+                        parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
                         name: span.name,
                         kind: span.kind,
                         service_name: service_name.clone(),
@@ -114,9 +110,7 @@ impl TraceService for Collector {
         }
         self.0.spans.lock().unwrap().extend(collected);
         self.0.arrived.notify_waiters();
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
@@ -140,22 +134,15 @@ impl OtlpReceiver {
                 TraceServiceServer::new(Collector(shared.clone()))
                     .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
             )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            );
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
         tokio::spawn(async move {
             if let Err(error) = server.await {
                 eprintln!("OTLP test receiver failed: {error}");
             }
         });
-        Self {
-            addr,
-            shared,
-            _stop: stop,
-        }
+        Self { addr, shared, _stop: stop }
     }
 
     /// `http://127.0.0.1:{port}`, the value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -170,10 +157,7 @@ impl OtlpReceiver {
 
     /// The spans of one trace received so far.
     pub fn trace(&self, trace_id: &str) -> Vec<CollectedSpan> {
-        self.spans()
-            .into_iter()
-            .filter(|span| span.trace_id == trace_id)
-            .collect()
+        self.spans().into_iter().filter(|span| span.trace_id == trace_id).collect()
     }
 
     /// Waits until `predicate` holds for the spans received so far and returns them; panics
@@ -248,15 +232,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
-    attributes
-        .iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.as_ref().map(render).unwrap_or_default(),
-            )
-        })
-        .collect()
+    attributes.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default())).collect()
 }
 
 fn render(value: &AnyValue) -> String {
@@ -266,10 +242,7 @@ fn render(value: &AnyValue) -> String {
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::DoubleValue(d)) => d.to_string(),
         Some(Value::BytesValue(b)) => hex(b),
-        Some(Value::ArrayValue(a)) => format!(
-            "[{}]",
-            a.values.iter().map(render).collect::<Vec<_>>().join(",")
-        ),
+        Some(Value::ArrayValue(a)) => format!("[{}]", a.values.iter().map(render).collect::<Vec<_>>().join(",")),
         Some(Value::KvlistValue(kv)) => format!("{:?}", attributes(&kv.values)),
         Some(other) => format!("{other:?}"),
         None => String::new(),

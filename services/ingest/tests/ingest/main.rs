@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod delivery;
 mod helpers;
+mod delivery;
 mod rejects;
 mod replicas;

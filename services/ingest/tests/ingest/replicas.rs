@@ -14,9 +14,7 @@ async fn publish_stream(
         for device in devices {
             let ts = BASE_MS + *i as i64;
             let (body, values) = payload(ts, *i);
-            publisher
-                .publish(&format!("devices/{device}/telemetry"), body)
-                .await;
+            publisher.publish(&format!("devices/{device}/telemetry"), body).await;
             expect_rows(expected, device, ts, values);
         }
         *i += 1;
@@ -31,16 +29,8 @@ async fn two_replicas_share_the_load_and_a_killed_one_loses_nothing() {
     let devices = devices(4);
     let stack = Stack::start(&devices).await;
     // Slow batches (linger) keep messages in flight at the moment of the kill.
-    let mut a = stack
-        .ingest("ingest-a")
-        .env("INGEST_BATCH_LINGER_MS", 200)
-        .start()
-        .await;
-    let b = stack
-        .ingest("ingest-b")
-        .env("INGEST_BATCH_LINGER_MS", 200)
-        .start()
-        .await;
+    let mut a = stack.ingest("ingest-a").env("INGEST_BATCH_LINGER_MS", 200).start().await;
+    let b = stack.ingest("ingest-b").env("INGEST_BATCH_LINGER_MS", 200).start().await;
     let mut publisher = Publisher::connect(stack.broker.port).await;
     let mut expected = BTreeMap::new();
     let mut i = 0;
@@ -49,10 +39,7 @@ async fn two_replicas_share_the_load_and_a_killed_one_loses_nothing() {
     // Both replicas get part of the load through the shared subscription.
     let a_before = a.metric("ingest_messages_received_total").await;
     let b_before = b.metric("ingest_messages_received_total").await;
-    assert!(
-        a_before > 0.0 && b_before > 0.0,
-        "a={a_before} b={b_before}"
-    );
+    assert!(a_before > 0.0 && b_before > 0.0, "a={a_before} b={b_before}");
 
     publish_stream(&mut publisher, &devices, &mut expected, &mut i, 100).await;
     wait_until_holding(&a).await;
@@ -62,17 +49,11 @@ async fn two_replicas_share_the_load_and_a_killed_one_loses_nothing() {
     a.restart().await; // same client id: the broker redelivers to its session
     publish_stream(&mut publisher, &devices, &mut expected, &mut i, 200).await;
     publisher.flush().await;
-    stack
-        .wait_for_rows(expected.len() as u64, Duration::from_secs(90))
-        .await;
+    stack.wait_for_rows(expected.len() as u64, Duration::from_secs(90)).await;
     assert_eq!(stack.rows().await, expected);
     // The restarted replica picked up its session (redeliveries and queued messages).
     assert!(a.metric("ingest_messages_received_total").await > 0.0);
-    assert!(
-        a.log_text().contains(r#""session_present":true"#),
-        "the restarted replica did not resume its session:\n{}",
-        a.log_text()
-    );
+    assert!(a.log_text().contains(r#""session_present":true"#), "the restarted replica did not resume its session:\n{}", a.log_text());
     eventually_metric(&a, "ingest_inflight_messages", 0.0).await;
     eventually_metric(&b, "ingest_inflight_messages", 0.0).await;
 }
@@ -81,16 +62,8 @@ async fn two_replicas_share_the_load_and_a_killed_one_loses_nothing() {
 async fn sigterm_drains_acknowledges_and_leaves_nothing_in_the_session() {
     let devices = devices(4);
     let stack = Stack::start(&devices).await;
-    let mut a = stack
-        .ingest("ingest-term-a")
-        .env("INGEST_BATCH_LINGER_MS", 200)
-        .start()
-        .await;
-    let b = stack
-        .ingest("ingest-term-b")
-        .env("INGEST_BATCH_LINGER_MS", 200)
-        .start()
-        .await;
+    let mut a = stack.ingest("ingest-term-a").env("INGEST_BATCH_LINGER_MS", 200).start().await;
+    let b = stack.ingest("ingest-term-b").env("INGEST_BATCH_LINGER_MS", 200).start().await;
     let mut publisher = Publisher::connect(stack.broker.port).await;
     let mut expected = BTreeMap::new();
     let mut i = 0;
@@ -102,11 +75,7 @@ async fn sigterm_drains_acknowledges_and_leaves_nothing_in_the_session() {
         move || child.terminate(Duration::from_secs(30))
     });
     publish_stream(&mut publisher, &devices, &mut expected, &mut i, 300).await;
-    assert!(
-        stop_a.await.unwrap(),
-        "ingest did not exit 0 after SIGTERM:\n{}",
-        a.log_text()
-    );
+    assert!(stop_a.await.unwrap(), "ingest did not exit 0 after SIGTERM:\n{}", a.log_text());
     let log = a.log_text();
     assert!(log.contains("drained"), "no drain in the log:\n{log}");
     // After it left, everything published goes to the remaining replica: had the stopped
@@ -114,9 +83,7 @@ async fn sigterm_drains_acknowledges_and_leaves_nothing_in_the_session() {
     let b_before = b.metric("ingest_messages_received_total").await;
     publish_stream(&mut publisher, &devices, &mut expected, &mut i, 300).await;
     publisher.flush().await;
-    stack
-        .wait_for_rows(expected.len() as u64, Duration::from_secs(90))
-        .await;
+    stack.wait_for_rows(expected.len() as u64, Duration::from_secs(90)).await;
     assert_eq!(stack.rows().await, expected);
     assert!(b.metric("ingest_messages_received_total").await >= b_before + 1200.0);
     eventually_metric(&b, "ingest_inflight_messages", 0.0).await;
