@@ -81,9 +81,7 @@ impl Acker {
         state.done.insert(seq, publish);
         loop {
             let next = state.next_seq;
-            let Some(publish) = state.done.remove(&next) else {
-                break;
-            };
+            let Some(publish) = state.done.remove(&next) else { break };
             state.next_seq += 1;
             state.unsent.push_back(publish);
         }

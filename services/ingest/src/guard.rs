@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use iot_proto::storage::v1::storage_service_client::StorageServiceClient;
 use iot_runtime::CancellationToken;
 use rand::Rng;
 use rumqttc::v5::{
@@ -42,14 +41,13 @@ use rumqttc::v5::{
     mqttbytes::v5::{DisconnectReasonCode, Packet},
 };
 use tokio::sync::{Notify, mpsc};
-use tonic::transport::Channel;
 
 use crate::{
     Config,
     acks::Acker,
     metrics::Metrics,
     mqtt::{self, Delivery, now_us},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, StorageClient},
 };
 
 /// How long the guard session must stay quiet (with every message acknowledged) after the
@@ -59,7 +57,7 @@ const GUARD_QUIET: Duration = Duration::from_millis(500);
 pub struct Guard {
     pub config: Config,
     pub client_id: String,
-    pub storage: StorageServiceClient<Channel>,
+    pub storage: StorageClient,
     pub metrics: Metrics,
     /// Notified after each successful SUBACK of the replica's own subscription.
     pub trigger: Arc<Notify>,
@@ -156,6 +154,7 @@ impl Guard {
         let (tx, rx) = mpsc::unbounded_channel();
         let pipeline = Pipeline {
             storage: self.storage.clone(),
+            subscription: self.config.restart_guard_topic.clone(),
             acker: acker.clone(),
             metrics: self.metrics.clone(),
             limits: self.config.limits(),

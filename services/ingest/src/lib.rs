@@ -170,19 +170,8 @@ impl Application {
     /// new messages), keep receiving what was already queued for it, commit and acknowledge
     /// everything held, and disconnect, so that its session holds nothing.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self {
-            config,
-            shutdown,
-            ops,
-            shared,
-            acker,
-            client,
-            mut eventloop_task,
-            pipeline_task,
-            hard_stop,
-            started,
-            ..
-        } = self;
+        let Self { config, shutdown, ops, shared, acker, client, mut eventloop_task, pipeline_task, hard_stop, started, .. } =
+            self;
         tokio::select! {
             _ = shutdown.cancelled() => {}
             result = &mut eventloop_task => {

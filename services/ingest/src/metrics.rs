@@ -1,5 +1,7 @@
 use iot_payload::{RejectReason, SkipReason};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
+};
 
 /// Reject label for a message whose readings storage refused as invalid (a bug or a rule
 /// storage checks and the parser does not); not one of [`RejectReason`]'s labels.
