@@ -5,10 +5,7 @@ use std::{
 };
 
 use crate::helpers::*;
-use iot_testkit::{
-    eventually,
-    mqtt::{DevicePublisher, DeviceSpec},
-};
+use iot_testkit::mqtt::{DevicePublisher, DeviceSpec};
 
 #[tokio::test]
 async fn every_qos1_message_is_stored_exactly_once() {
