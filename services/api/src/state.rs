@@ -56,6 +56,10 @@ impl Metrics {
             Opts::new("api_live_messages_total", "MQTT messages seen by the live stream subscriber, by outcome"),
             &["outcome"],
         )?;
+        // Every outcome exists from the start, so that rate() and the dashboard see a 0, not "no data".
+        for outcome in ["ok", "rejected", "connection_error"] {
+            live_messages.with_label_values(&[outcome]);
+        }
         let live_readings = IntCounter::new("api_live_readings_total", "Readings fanned out to live stream clients")?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;

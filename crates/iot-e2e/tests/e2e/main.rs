@@ -3,4 +3,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod stack;
+mod metrics;
 mod traces;

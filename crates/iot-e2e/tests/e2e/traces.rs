@@ -150,7 +150,7 @@ async fn a_device_message_is_followed_through_ingest_and_storage_under_the_devic
     };
     stack.publish(&[message(1_767_225_600_000, true), message(1_767_225_600_001, false), message(1_767_225_600_002, false)]).await;
 
-    let spans = stack
+    stack
         .receiver
         .wait_for_spans(
             |spans| {
