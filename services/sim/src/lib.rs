@@ -19,7 +19,13 @@ use std::{
 use anyhow::Context;
 use iot_runtime::{CancellationToken, logging::LogFormat};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::v5::{
+    AsyncClient, Event, MqttOptions,
+    mqttbytes::{
+        QoS,
+        v5::{ConnectReturnCode, Packet, PublishProperties},
+    },
+};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "iot-sim", about = "Simulated devices publishing telemetry over MQTT")]
@@ -69,6 +75,13 @@ pub struct Config {
     pub owner: String,
     #[arg(long, env = "SIM_OWNER_PASSWORD", default_value = "sim-password", hide_env_values = true)]
     pub owner_password: String,
+    /// Fraction of messages (0 to 1) that carry a W3C `traceparent` MQTT v5 user property, which
+    /// ingest and storage continue: each such message is one trace from the device to the
+    /// database. With `OTEL_EXPORTER_OTLP_ENDPOINT` set the simulator also exports the device's
+    /// side (a producer span per traced message); without, the traceparent names a span nobody
+    /// exports (tracing UIs show the trace with a missing root).
+    #[arg(long, env = "SIM_TRACE_FRACTION", default_value_t = 0.0)]
+    pub trace_fraction: f64,
     /// At the end, how long to wait for the broker to acknowledge what was published.
     #[arg(long, env = "SIM_ACK_TIMEOUT_SECS", default_value_t = 30)]
     pub ack_timeout_secs: u64,
@@ -276,6 +289,7 @@ struct Counters {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Totals> {
     anyhow::ensure!(config.rate > 0.0 && config.rate.is_finite(), "--rate must be positive");
     anyhow::ensure!(config.qos <= 1, "--qos must be 0 or 1");
+    anyhow::ensure!((0.0..=1.0).contains(&config.trace_fraction), "--trace-fraction must be between 0 and 1");
     let devices = devices(&config)?;
     if config.register {
         let ids: Vec<_> = devices.iter().map(|d| d.device_id.clone()).collect();
@@ -303,7 +317,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             format!("sim-conn{c}-{run_id:08x}")
         };
         let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
-        options.set_keep_alive(Duration::from_secs(30)).set_inflight(config.inflight.max(1)).set_clean_session(true);
+        // MQTT v5: user properties carry the trace context (--trace-fraction).
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_outgoing_inflight_upper_limit(config.inflight.max(1))
+            .set_clean_start(true);
         if let (Some(user), Some(pass)) = (&first.username, &first.password) {
             options.set_credentials(user.clone(), pass.clone());
         }
@@ -321,7 +339,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         counters.acked.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code != rumqttc::ConnectReturnCode::Success => {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code != ConnectReturnCode::Success => {
                         tracing::error!(code = ?ack.code, "connection refused");
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
@@ -349,6 +367,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let shutdown = shutdown.clone();
         let device_id = device.device_id.clone();
         let count = config.count;
+        let trace_fraction = config.trace_fraction;
         // Spread the devices' first messages over one period instead of a burst.
         let offset = period.mul_f64(i as f64 / devices.len() as f64);
         publishers.spawn(async move {
@@ -369,8 +388,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     return;
                 }
                 let payload = model.next_payload(now_ms());
+                let traced = trace_fraction > 0.0 && rand::random::<f64>() < trace_fraction;
+                let properties = PublishProperties {
+                    user_properties: if traced { trace_properties(&topic, payload.len()) } else { Vec::new() },
+                    ..Default::default()
+                };
                 tokio::select! {
-                    result = client.publish(topic.clone(), qos, false, payload) => {
+                    result = client.publish_with_properties(topic.clone(), qos, false, payload, properties) => {
                         if let Err(e) = result {
                             tracing::error!(error = %e, device = %device_id, "publish failed");
                             return;
@@ -414,10 +438,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })
 }
 
+/// The `traceparent` (and `tracestate`) user properties of a traced message: the context of a
+/// producer span exported by the simulator when tracing is on, else a fresh random span id.
+fn trace_properties(topic: &str, body_size: usize) -> Vec<(String, String)> {
+    use iot_runtime::telemetry::{self, mqtt};
+    let mut properties = Vec::new();
+    if telemetry::is_enabled() {
+        // Created outside any other span: a new trace per message, ended when dropped here.
+        let span = mqtt::publish_span(topic, body_size);
+        mqtt::inject_context(&telemetry::context_of(&span), &mut properties);
+    }
+    if properties.is_empty() {
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut trace: [u8; 16] = rand::random();
+        let mut span: [u8; 8] = rand::random();
+        trace[0] |= 1; // an all-zero id is invalid
+        span[0] |= 1;
+        properties.push(("traceparent".to_string(), format!("00-{}-{}-01", hex(&trace), hex(&span))));
+    }
+    properties
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn traced_messages_carry_a_valid_traceparent() {
+        let properties = trace_properties("devices/sim-0001/telemetry", 10);
+        let parent = iot_runtime::telemetry::mqtt::extract_user_properties(&properties);
+        assert!(parent.is_some(), "{properties:?}");
+        assert_ne!(trace_properties("devices/sim-0001/telemetry", 10), properties, "a new trace per message");
+    }
 
     #[test]
     fn credentials_file_formats() {

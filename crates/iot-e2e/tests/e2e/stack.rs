@@ -209,6 +209,13 @@ impl Stack {
         Self { receiver, broker, storage, session, api, ingest, db, dir }
     }
 
+    /// A workspace binary with the stack's tracing environment (e.g. the simulator).
+    pub fn command(&self, binary: &str) -> Command {
+        let mut command = command(binary, &self.receiver, self.dir.path());
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+    }
+
     pub fn storage_url(&self) -> String {
         format!("http://{}", self.storage.addr.unwrap())
     }

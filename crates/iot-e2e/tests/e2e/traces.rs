@@ -213,3 +213,61 @@ async fn a_device_message_is_followed_through_ingest_and_storage_under_the_devic
     assert!(process.end_time_unix_nano >= insert.end_time_unix_nano, "process {}..{} batch {}..{} call {}..{} insert {}..{}", process.start_time_unix_nano, process.end_time_unix_nano, batch.start_time_unix_nano, batch.end_time_unix_nano, call.start_time_unix_nano, call.end_time_unix_nano, insert.start_time_unix_nano, insert.end_time_unix_nano);
     assert!(process.end_time_unix_nano >= call.end_time_unix_nano, "process {}..{} batch {}..{} call {}..{}", process.start_time_unix_nano, process.end_time_unix_nano, batch.start_time_unix_nano, batch.end_time_unix_nano, call.start_time_unix_nano, call.end_time_unix_nano);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_traced_messages_start_traces_that_ingest_and_storage_continue() {
+    let stack = Stack::start(Services { api: false, ingest: true }).await;
+    let prefix = format!("sim{}-", unique_suffix());
+    let output = stack
+        .command("iot-sim")
+        .args(["--devices", "2", "--count", "2", "--rate", "20", "--trace-fraction", "1", "--register"])
+        .args(["--device-prefix", &prefix, "--owner", &format!("owner{}", unique_suffix())])
+        .env("SIM_MQTT_HOST", "127.0.0.1")
+        .env("SIM_MQTT_PORT", stack.broker.port.to_string())
+        .env("SIM_STORAGE_URL", stack.storage_url())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "iot-sim failed: {}", String::from_utf8_lossy(&output.stderr));
+
+    // 4 messages, each its own trace: the simulator's producer span, ingest's process span under
+    // it, and the rows written under that trace.
+    let spans = stack
+        .receiver
+        .wait_for_spans(
+            |spans| {
+                let sends: Vec<_> = spans.iter().filter(|s| s.service_name == "iot-sim").collect();
+                sends.len() == 4
+                    && sends.iter().all(|send| {
+                        spans.iter().any(|s| {
+                            s.service_name == "iot-ingest" && s.parent_span_id.as_deref() == Some(send.span_id.as_str())
+                        })
+                    })
+                    && spans.iter().filter(|s| s.name == "INSERT readings").count() >= 1
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    let all = describe(&spans);
+    let sends: Vec<_> = spans.iter().filter(|s| s.service_name == "iot-sim").collect();
+    let traces: BTreeSet<&str> = sends.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(traces.len(), 4, "a trace per message:\n{all}");
+    for send in &sends {
+        assert_eq!(send.kind, CollectedSpan::KIND_PRODUCER, "{all}");
+        assert_eq!(send.parent_span_id, None, "{all}");
+        assert!(send.name.starts_with(&format!("send devices/{prefix}")), "{all}");
+        assert_eq!(send.attr("messaging.system"), Some("mqtt"));
+        assert_eq!(send.attr("messaging.operation.type"), Some("send"));
+        let process = spans
+            .iter()
+            .find(|s| s.parent_span_id.as_deref() == Some(send.span_id.as_str()))
+            .unwrap_or_else(|| panic!("nothing continues {}:\n{all}", send.name));
+        assert_eq!((process.service_name.as_str(), process.kind), ("iot-ingest", CollectedSpan::KIND_CONSUMER), "{all}");
+        assert_eq!(process.trace_id, send.trace_id);
+        assert_eq!(process.attr("messaging.destination.name"), send.attr("messaging.destination.name"));
+    }
+    // Storage continued at least one of them (a batch continues its first traced message).
+    assert!(
+        spans.iter().any(|s| s.name == "INSERT readings" && traces.contains(s.trace_id.as_str())),
+        "{all}"
+    );
+}

@@ -20,6 +20,27 @@ pub fn inject_context(cx: &Context, properties: &mut Vec<(String, String)>) {
     properties.extend(pairs);
 }
 
+/// The span of publishing one message (kind producer, `messaging.operation.type=send`), a child of
+/// the current span or a new trace. Inject its context with [`inject_context`]`(&context_of(&span), ..)`
+/// (or [`inject_user_properties`] inside it) so that the consumer continues the trace.
+pub fn publish_span(topic: &str, body_size: usize) -> tracing::Span {
+    let span = tracing::info_span!(
+        "mqtt.send",
+        otel.name = %format_args!("send {topic}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = super::semconv::MESSAGING_SYSTEM_MQTT,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = topic,
+        messaging.message.body.size = body_size,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    super::record_trace_id(&span);
+    span
+}
+
 /// The context a publisher put in the user properties; `None` when there is no valid
 /// `traceparent` (then start a new trace for the message or batch).
 pub fn extract_user_properties(properties: &[(String, String)]) -> Option<Context> {
