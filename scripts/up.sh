@@ -173,7 +173,12 @@ mq_dir="$state/mosquitto"
 mq_extra_conf=("$repo/deploy/mosquitto/dev/allow-anonymous.conf")
 # --- end of hook ------------------------------------------------------------------------
 mosquitto_render_config "$mq_dir" "$mqtt_port" "${mq_extra_conf[@]}"
-start mosquitto "$MOSQUITTO_BIN" -c "$mq_dir/mosquitto.conf"
+# Through the restart guard, as the chart starts it (deploy/mosquitto/restart-guard.sh): what
+# devices publish after a restart of this broker, before ingest has subscribed again, is
+# queued for ingest instead of dropped (Mosquitto 2.0 does not persist shared subscriptions).
+port_for mq_guard_port 11884
+start mosquitto env MOSQUITTO="$MOSQUITTO_BIN" GUARD_PORT="$mq_guard_port" \
+    sh "$repo/deploy/mosquitto/restart-guard.sh" exec "$mq_dir/mosquitto.conf"
 if ! mosquitto_wait_port "$mqtt_port" 10; then
     say "mosquitto did not listen on $mqtt_port; last lines of $logs/mosquitto.log:"
     tail -n 20 "$logs/mosquitto.log" >&2
