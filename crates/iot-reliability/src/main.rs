@@ -41,9 +41,17 @@ async fn main() -> anyhow::Result<()> {
                 faults::sessions_across_redis_restart(true).await?,
                 faults::sessions_across_redis_restart(false).await?,
             ];
-            let json = serde_json::json!({"faults": report, "sessions": sessions});
+            let crash = faults::broker_crash(&faults::FaultOptions {
+                devices: cli.devices,
+                rate_per_device: cli.rate,
+                settle: Duration::from_secs(cli.secs),
+                down_for: Duration::from_secs(1),
+            })
+            .await?;
+            let json = serde_json::json!({"faults": report, "sessions": sessions, "broker_crash": crash});
             std::fs::write(cli.out.join("faults.json"), serde_json::to_string_pretty(&json)?)?;
-            std::fs::write(cli.out.join("faults.md"), faults::markdown(&report, &sessions))?;
+            let md = format!("{}\n{}", faults::markdown(&report, &sessions), faults::crash_markdown(&crash));
+            std::fs::write(cli.out.join("faults.md"), md)?;
             report.lost() == 0 && report.phantom_rows == 0 && report.incomplete == 0
         }
         "soak" => {

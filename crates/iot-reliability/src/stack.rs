@@ -333,3 +333,16 @@ impl Stack {
         Ok(n.unwrap_or(0))
     }
 }
+
+/// Scrapes a Prometheus endpoint: sample (with labels) -> value.
+pub async fn scrape(addr: SocketAddr) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
