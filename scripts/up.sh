@@ -8,11 +8,15 @@
 #   scripts/up.sh --check      start everything, wait until ready and until simulated
 #                              readings are in MariaDB, then stop (smoke test; exit status)
 #
-# State (broker persistence, logs, the local admin's password) lives in $IOT_STATE_DIR
-# (default .local/ in the repository). Logs: .local/logs/<service>.log.
+# State (broker persistence and accounts, logs, the local admin's password, the simulated
+# devices' credentials) lives in $IOT_STATE_DIR (default .local/ in the repository).
+# Logs: .local/logs/<service>.log. The broker refuses anonymous clients: devices connect with
+# credentials from the api (see README.md, "Adding a device").
 #
 # Environment:
 #   UP_MQTT_PORT      broker port (default 1883 when nothing listens there, else 1884 or up)
+#   UP_MQTT_TLS=1     also a TLS listener (UP_MQTT_TLS_PORT, default 8883 or up) with
+#                     DEVELOPMENT certificates (scripts/dev-ca.sh); services and sim use it
 #   IOT_DB_NAME       MariaDB database for storage (default iot)
 #   SIM_DEVICES, SIM_RATE and any other SIM_*/STORAGE_*/SESSION_*/INGEST_*/API_* variable
 #                     already set is passed through; the script sets only the addresses.
@@ -32,7 +36,7 @@ for arg in "$@"; do
     --no-sim) sim=0 ;;
     --check) check=1 ;;
     -h | --help)
-        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -164,23 +168,58 @@ else
     port_for mqtt_port 1883
 fi
 mq_dir="$state/mosquitto"
-# --- HOOK: broker security (issue 6) ---------------------------------------------------
-# Until per-device credentials exist the local broker admits anonymous clients on
-# 127.0.0.1 only (deploy/mosquitto/dev/allow-anonymous.conf). When broker security lands,
-# replace this with its development set-up (e.g. a dynamic-security config with service
-# accounts for ingest and api) and export INGEST_MQTT_USERNAME/PASSWORD and
-# API_MQTT_USERNAME/PASSWORD here; the simulator then gets per-device credentials.
-mq_extra_conf=("$repo/deploy/mosquitto/dev/allow-anonymous.conf")
-# --- end of hook ------------------------------------------------------------------------
+# Broker security (issue 6): the deployed configuration with the dynamic-security plugin
+# (deploy/mosquitto/security/dynamic-security.conf), bootstrapped by the same script as the
+# Helm chart's init container (deploy/mosquitto/dynsec-bootstrap.sh): an administrator and
+# the service accounts of ingest and api, whose passwords are generated once and kept in
+# $mq_dir/accounts.env (mode 600). No anonymous access. Devices, the simulator's included,
+# get their credentials from the api (below). UP_MQTT_TLS=1 adds the TLS listener
+# (deploy/mosquitto/security/tls.conf) on UP_MQTT_TLS_PORT (default 8883, or a free port)
+# with DEVELOPMENT certificates from scripts/dev-ca.sh (.local/dev-ca/); ingest, api and
+# the simulator then connect over TLS.
+mkdir -p "$mq_dir"
+if [[ ! -s "$mq_dir/accounts.env" ]]; then
+    (
+        umask 077
+        for who in ADMIN INGEST API; do
+            printf 'MQ_%s_PASSWORD=%s\n' "$who" "$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24)"
+        done >"$mq_dir/accounts.env"
+    )
+fi
+# shellcheck disable=SC1091
+source "$mq_dir/accounts.env"
+mq_ingest_user=iot-ingest mq_api_user=iot-api
+if ! ADMIN_USERNAME=admin ADMIN_PASSWORD="$MQ_ADMIN_PASSWORD" INGEST_USERNAME="$mq_ingest_user" \
+    INGEST_PASSWORD="$MQ_INGEST_PASSWORD" API_USERNAME="$mq_api_user" API_PASSWORD="$MQ_API_PASSWORD" \
+    mosquitto_dynsec_bootstrap "$mq_dir" >"$logs/mosquitto-bootstrap.log" 2>&1; then
+    say "the broker's dynamic-security bootstrap failed; $logs/mosquitto-bootstrap.log:"
+    tail -n 20 "$logs/mosquitto-bootstrap.log" >&2
+    exit 1
+fi
+mq_extra_conf=("$(mosquitto_security_conf "$mq_dir")")
+mq_tls=0 mqtt_client_port="$mqtt_port"
+declare -a ingest_tls_env=() api_tls_env=() sim_tls_env=()
+if [[ "${UP_MQTT_TLS:-0}" == 1 ]]; then
+    mq_tls=1
+    if [[ -n "${UP_MQTT_TLS_PORT:-}" ]]; then mqtt_tls_port="$UP_MQTT_TLS_PORT"; else port_for mqtt_tls_port 8883; fi
+    dev_ca="$(scripts/dev-ca.sh "$state/dev-ca")"
+    mq_extra_conf+=("$(mosquitto_tls_conf "$mq_dir" "$mqtt_tls_port" "$dev_ca")")
+    mqtt_client_port="$mqtt_tls_port"
+    ingest_tls_env=(INGEST_MQTT_TLS=true INGEST_MQTT_CA_FILE="$dev_ca/ca.crt")
+    api_tls_env=(API_MQTT_TLS=true API_MQTT_CA_FILE="$dev_ca/ca.crt")
+    sim_tls_env=(SIM_MQTT_TLS=true SIM_MQTT_CA_FILE="$dev_ca/ca.crt")
+fi
 mosquitto_render_config "$mq_dir" "$mqtt_port" "${mq_extra_conf[@]}"
 # Through the restart guard, as the chart starts it (deploy/mosquitto/restart-guard.sh): what
 # devices publish after a restart of this broker, before ingest has subscribed again, is
 # queued for ingest instead of dropped (Mosquitto 2.0 does not persist shared subscriptions).
+# The guard's session is armed on a private anonymous broker; ingest drains it with its own
+# account (the dynamic-security broker delivers the queued messages to it).
 port_for mq_guard_port 11884
 start mosquitto env MOSQUITTO="$MOSQUITTO_BIN" GUARD_PORT="$mq_guard_port" \
     sh "$repo/deploy/mosquitto/restart-guard.sh" exec "$mq_dir/mosquitto.conf"
-if ! mosquitto_wait_port "$mqtt_port" 10; then
-    say "mosquitto did not listen on $mqtt_port; last lines of $logs/mosquitto.log:"
+if ! mosquitto_wait_port "$mqtt_port" 10 || { ((mq_tls)) && ! mosquitto_wait_port "$mqtt_tls_port" 10; }; then
+    say "mosquitto did not listen on $mqtt_port${mqtt_tls_port:+/$mqtt_tls_port}; last lines of $logs/mosquitto.log:"
     tail -n 20 "$logs/mosquitto.log" >&2
     exit 1
 fi
@@ -248,20 +287,24 @@ if have iot-ingest; then
     # A stable client id: the broker keeps this replica's session (and what is queued for
     # it) across restarts of up.sh.
     start ingest env INGEST_METRICS_ADDR="$ingest_ops" INGEST_MQTT_HOST=127.0.0.1 \
-        INGEST_MQTT_PORT="$mqtt_port" INGEST_CLIENT_ID="${INGEST_CLIENT_ID:-ingest-local-0}" \
+        INGEST_MQTT_PORT="$mqtt_client_port" INGEST_CLIENT_ID="${INGEST_CLIENT_ID:-ingest-local-0}" \
+        INGEST_MQTT_USERNAME="$mq_ingest_user" INGEST_MQTT_PASSWORD="$MQ_INGEST_PASSWORD" "${ingest_tls_env[@]}" \
         INGEST_STORAGE_URL="http://$storage_grpc" "$bin_dir/iot-ingest"
-    row ingest "mqtt subscriber (127.0.0.1:$mqtt_port)" "http://$ingest_ops/{healthz,readyz,metrics}"
+    row ingest "mqtt subscriber (127.0.0.1:$mqtt_client_port)" "http://$ingest_ops/{healthz,readyz,metrics}"
     ready_checks+=("ingest|http://$ingest_ops/readyz|${pids[-1]}")
 fi
 if have iot-api; then
     start api env API_LISTEN_ADDR="$api_http" API_METRICS_ADDR="$api_ops" \
         API_STORAGE_URL="http://$storage_grpc" API_SESSION_URL="http://$session_grpc" \
-        API_MQTT_HOST=127.0.0.1 API_MQTT_PORT="$mqtt_port" \
-        API_PUBLIC_MQTT_HOST=127.0.0.1 API_PUBLIC_MQTT_PORT="$mqtt_port" "$bin_dir/iot-api"
+        API_MQTT_HOST=127.0.0.1 API_MQTT_PORT="$mqtt_client_port" \
+        API_MQTT_USERNAME="$mq_api_user" API_MQTT_PASSWORD="$MQ_API_PASSWORD" \
+        API_MQTT_ADMIN_USERNAME="$mq_api_user" API_MQTT_ADMIN_PASSWORD="$MQ_API_PASSWORD" "${api_tls_env[@]}" \
+        API_PUBLIC_MQTT_HOST=127.0.0.1 API_PUBLIC_MQTT_PORT="$mqtt_client_port" "$bin_dir/iot-api"
     row api "HTTP http://$api_http/" "http://$api_ops/{healthz,readyz,metrics}"
     ready_checks+=("api|http://$api_ops/readyz|${pids[-1]}")
 fi
-row mosquitto "mqtt://127.0.0.1:$mqtt_port" "(deploy/mosquitto/mosquitto.conf, state in ${mq_dir#"$repo"/})"
+row mosquitto "mqtt://127.0.0.1:$mqtt_port" "(deploy/mosquitto + security/, accounts in ${mq_dir#"$repo"/}/accounts.env)"
+((mq_tls)) && row mosquitto "mqtts://127.0.0.1:$mqtt_tls_port" "(DEVELOPMENT CA: ${dev_ca#"$repo"/}/ca.crt)"
 row mariadb "${database_url}" "($IOT_MYSQL_KIND)"
 row redis "$TEST_REDIS_URL" "($IOT_REDIS_KIND)"
 
@@ -317,18 +360,55 @@ fi
 # --- end of hook ----------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------
-# Simulator: registers its devices in storage (so ingest accepts their data), then
-# publishes telemetry. Started after the admin so that the admin is the first user.
+# Simulator: its devices are created through the api as the local admin (existing ones get
+# new credentials), so the broker knows their passwords; iot-sim reads them from a file
+# (mode 600). Started after the admin so that the admin is the first user.
 readings_count() {
     mysql -N -e "SELECT COUNT(*) FROM \`$db_name\`.readings" 2>/dev/null || echo "?"
 }
+# provision_sim_devices FILE : writes `device_id username password` lines for the simulator.
+provision_sim_devices() {
+    local file="$1" jar="$state/.up-session" out="$state/.up-provision.out" n="${SIM_DEVICES:-5}" i id code password
+    local prefix="${SIM_DEVICE_PREFIX:-sim-}" api="http://$api_http/api/v1"
+    # shellcheck disable=SC1091
+    [[ -f "$state/admin.env" ]] && source "$state/admin.env"
+    (umask 077 && : >"$jar" && : >"$out" && : >"$file.tmp")
+    code="$(curl -sS -c "$jar" -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
+        -d "$(printf '{"username":"%s","password":"%s"}' "${IOT_ADMIN_USER:-admin}" "${IOT_ADMIN_PASSWORD:-}")" "$api/sessions" || echo 000)"
+    if [[ "$code" != 201 && "$code" != 200 ]]; then
+        say "cannot log in to the api as the local admin (HTTP $code): no simulated devices"
+        return 1
+    fi
+    for ((i = 0; i < n; i++)); do
+        printf -v id '%s%04d' "$prefix" "$i"
+        code="$(curl -sS -b "$jar" -o "$out" -w '%{http_code}' --max-time 15 -H 'Content-Type: application/json' \
+            -d "{\"device_id\":\"$id\",\"name\":\"Simulated $id\",\"attributes\":{\"simulated\":true}}" "$api/devices" || echo 000)"
+        if [[ "$code" == 409 ]]; then # from an earlier run: new credentials
+            code="$(curl -sS -b "$jar" -o "$out" -w '%{http_code}' --max-time 15 -X POST "$api/devices/$id/credentials" || echo 000)"
+        fi
+        password="$(sed -n 's/.*"password":"\([^"]*\)".*/\1/p' "$out")"
+        if [[ "$code" != 201 && "$code" != 200 || -z "$password" ]]; then
+            say "could not provision simulated device $id (HTTP $code): $(head -c 300 "$out")"
+            rm -f "$out" "$jar" "$file.tmp"
+            return 1
+        fi
+        printf '%s %s %s\n' "$id" "$id" "$password" >>"$file.tmp"
+    done
+    rm -f "$out" "$jar"
+    mv "$file.tmp" "$file"
+}
 readings_before="$(readings_count)"
 [[ "$readings_before" =~ ^[0-9]+$ ]] || readings_before=0
-if ((sim)) && have iot-sim; then
-    start sim env SIM_MQTT_HOST=127.0.0.1 SIM_MQTT_PORT="$mqtt_port" \
-        SIM_DEVICES="${SIM_DEVICES:-5}" SIM_RATE="${SIM_RATE:-1}" \
-        SIM_REGISTER=true SIM_STORAGE_URL="http://$storage_grpc" "$bin_dir/iot-sim"
-    row sim "${SIM_DEVICES:-5} devices x ${SIM_RATE:-1} msg/s -> devices/+/telemetry" "(log only)"
+sim_started=0
+if ((sim)) && have iot-sim && have iot-api; then
+    if provision_sim_devices "$state/sim-credentials.txt"; then
+        start sim env SIM_MQTT_HOST=127.0.0.1 SIM_MQTT_PORT="$mqtt_client_port" "${sim_tls_env[@]}" \
+            SIM_CREDENTIALS_FILE="$state/sim-credentials.txt" SIM_RATE="${SIM_RATE:-1}" "$bin_dir/iot-sim"
+        row sim "${SIM_DEVICES:-5} devices x ${SIM_RATE:-1} msg/s -> devices/+/telemetry" "(credentials in ${state#"$repo"/}/sim-credentials.txt)"
+        sim_started=1
+    fi
+elif ((sim)) && have iot-sim; then
+    say "the simulator needs the api to provision its devices; not started"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -346,6 +426,10 @@ fi
 if ((check)); then
     # Smoke test: telemetry from the simulator must reach MariaDB through broker and ingest.
     if ((sim)) && have iot-sim && have iot-ingest && have iot-storage; then
+        ((sim_started)) || {
+            say "check: the simulator could not be started"
+            exit 1
+        }
         for ((i = 0; i < 60; i++)); do
             n="$(readings_count)"
             if [[ "$n" =~ ^[0-9]+$ ]] && ((n > readings_before)); then

@@ -46,3 +46,69 @@ mosquitto_wait_port() {
     done
     return 1
 }
+
+# ---------------------------------------------------------------------------------------
+# Broker security (deploy/mosquitto/security/, deploy/mosquitto/dynsec-bootstrap.sh).
+
+# mosquitto_dynsec_plugin : prints the path of this machine's dynamic-security plugin.
+mosquitto_dynsec_plugin() {
+    local d
+    for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib/*-linux-gnu /usr/lib /usr/local/lib; do
+        if [[ -f "$d/mosquitto_dynamic_security.so" ]]; then
+            echo "$d/mosquitto_dynamic_security.so"
+            return 0
+        fi
+    done
+    echo "mosquitto: no mosquitto_dynamic_security.so (Debian package mosquitto >= 2.0)" >&2
+    return 1
+}
+
+# mosquitto_security_conf DIR : writes DIR/security/dynamic-security.conf, the deployed file
+# with this machine's plugin and the state file DIR/dynamic-security.json; prints its path.
+mosquitto_security_conf() {
+    local dir="$1" plugin out
+    plugin="$(mosquitto_dynsec_plugin)" || return 1
+    out="$dir/security/dynamic-security.conf"
+    mkdir -p "$dir/security"
+    sed -e "s|^plugin .*|plugin $plugin|" \
+        -e "s|^plugin_opt_config_file .*|plugin_opt_config_file $dir/dynamic-security.json|" \
+        "$MOSQUITTO_DEPLOY_DIR/security/dynamic-security.conf" >"$out"
+    grep -q "^plugin_opt_config_file $dir/dynamic-security.json\$" "$out" || {
+        echo "mosquitto: could not adapt $MOSQUITTO_DEPLOY_DIR/security/dynamic-security.conf" >&2
+        return 1
+    }
+    echo "$out"
+}
+
+# mosquitto_tls_conf DIR PORT CERT_DIR : writes DIR/security/tls.conf, the deployed TLS
+# listener bound to 127.0.0.1:PORT with CERT_DIR/server.{crt,key} (scripts/dev-ca.sh); prints
+# its path.
+mosquitto_tls_conf() {
+    local dir="$1" port="$2" certs="$3" out
+    out="$dir/security/tls.conf"
+    mkdir -p "$dir/security"
+    sed -e "s|^listener 8883\$|listener $port 127.0.0.1|" \
+        -e "s|^certfile .*|certfile $certs/server.crt|" \
+        -e "s|^keyfile .*|keyfile $certs/server.key|" \
+        "$MOSQUITTO_DEPLOY_DIR/security/tls.conf" >"$out"
+    grep -q "^listener $port 127.0.0.1\$" "$out" || {
+        echo "mosquitto: could not adapt $MOSQUITTO_DEPLOY_DIR/security/tls.conf" >&2
+        return 1
+    }
+    echo "$out"
+}
+
+# mosquitto_dynsec_bootstrap DIR : creates or updates DIR/dynamic-security.json with
+# deploy/mosquitto/dynsec-bootstrap.sh (the same script as the Helm chart's init container).
+# Accounts from the environment: ADMIN_USERNAME/PASSWORD, INGEST_USERNAME/PASSWORD,
+# API_USERNAME/PASSWORD. Uses a private bootstrap broker on a free port.
+mosquitto_dynsec_bootstrap() {
+    local dir="$1" plugin port
+    plugin="$(mosquitto_dynsec_plugin)" || return 1
+    port=$((20000 + RANDOM % 12000))
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+    mkdir -p "$dir"
+    DATA_DIR="$dir" PLUGIN="$plugin" BOOTSTRAP_PORT="$port" BOOTSTRAP_USER="$(id -un)" \
+        TMPDIR="${TMPDIR:-/tmp}" PATH="$(dirname "${MOSQUITTO_BIN:-mosquitto}"):$PATH" \
+        sh "$MOSQUITTO_DEPLOY_DIR/dynsec-bootstrap.sh"
+}

@@ -161,6 +161,63 @@ pub struct Mosquitto {
     child: Option<Child>,
     extra_config: String,
     restart_guard: bool,
+    security: Option<BrokerSecurity>,
+}
+
+/// A username and password on the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerLogin {
+    pub username: String,
+    pub password: String,
+}
+
+/// What a broker from [`Mosquitto::start_secured`] has: the dynamic-security administrator,
+/// the ingest and api service accounts (deploy/mosquitto/dynsec-bootstrap.sh), and the TLS
+/// listener when asked for.
+#[derive(Debug, Clone)]
+pub struct BrokerSecurity {
+    pub admin: BrokerLogin,
+    pub ingest: BrokerLogin,
+    pub api: BrokerLogin,
+    pub tls: Option<BrokerTls>,
+}
+
+/// The TLS listener of a secured broker and the development CA (scripts/dev-ca.sh) of its
+/// certificate. `ca_dir` also holds `client.crt`/`client.key`.
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub port: u16,
+    pub ca_file: PathBuf,
+    pub ca_dir: PathBuf,
+}
+
+/// The repository's root (for deploy/ and scripts/).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn mosquitto_bin() -> String {
+    std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| "mosquitto".to_string())
+}
+
+/// Runs `script` with bash after sourcing scripts/lib/mosquitto.sh; panics with its output on failure.
+fn mosquitto_sh(script: &str, args: &[&str], env: &[(&str, &str)]) {
+    let lib = repo_root().join("scripts/lib/mosquitto.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail; source \"$0\"; {script}"))
+        .arg(lib)
+        .args(args)
+        .env("MOSQUITTO_BIN", mosquitto_bin())
+        .envs(env.iter().copied())
+        .output()
+        .expect("bash is required");
+    assert!(
+        out.status.success(),
+        "scripts/lib/mosquitto.sh `{script}` failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Mosquitto {
@@ -178,16 +235,68 @@ impl Mosquitto {
 
     async fn start_with(extra_config: &str, restart_guard: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker =
-            Self { port: free_port(), dir, child: None, extra_config: extra_config.to_string(), restart_guard };
-        // Another test process may take the port between the pick and the bind: pick again.
+        let broker = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            extra_config: extra_config.to_string(),
+            restart_guard,
+            security: None,
+        };
+        broker.start_on_free_ports().await
+    }
+
+    /// Starts the project's secured broker: deploy/mosquitto/mosquitto.conf with
+    /// security/dynamic-security.conf (and security/tls.conf on a second port when `tls`,
+    /// with certificates from scripts/dev-ca.sh), rendered by scripts/lib/mosquitto.sh as
+    /// scripts/up.sh does, after deploy/mosquitto/dynsec-bootstrap.sh created the admin and
+    /// the ingest/api service accounts with random passwords. No anonymous access.
+    pub async fn start_secured(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let login = |username: &str| BrokerLogin { username: username.to_string(), password: unique_suffix() };
+        let (admin, ingest, api) = (login("admin"), login("iot-ingest"), login("iot-api"));
+        let dir_str = dir.path().display().to_string();
+        mosquitto_sh(
+            "mosquitto_dynsec_bootstrap \"$1\" >/dev/null",
+            &[&dir_str],
+            &[
+                ("ADMIN_USERNAME", &admin.username),
+                ("ADMIN_PASSWORD", &admin.password),
+                ("INGEST_USERNAME", &ingest.username),
+                ("INGEST_PASSWORD", &ingest.password),
+                ("API_USERNAME", &api.username),
+                ("API_PASSWORD", &api.password),
+            ],
+        );
+        let tls = tls.then(|| {
+            let ca_dir = dir.path().join("dev-ca");
+            let out = Command::new(repo_root().join("scripts/dev-ca.sh")).arg(&ca_dir).output().unwrap();
+            assert!(out.status.success(), "scripts/dev-ca.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+            BrokerTls { port: free_port(), ca_file: ca_dir.join("ca.crt"), ca_dir }
+        });
+        let security = Some(BrokerSecurity { admin, ingest, api, tls });
+        let broker =
+            Self { port: free_port(), dir, child: None, extra_config: String::new(), restart_guard: false, security };
+        broker.start_on_free_ports().await
+    }
+
+    /// The accounts (and TLS listener) of a broker from [`Mosquitto::start_secured`].
+    pub fn security(&self) -> &BrokerSecurity {
+        self.security.as_ref().expect("not a secured broker: use Mosquitto::start_secured")
+    }
+
+    async fn start_on_free_ports(mut self) -> Self {
+        // Another test process may take a port between the pick and the bind: pick again.
         for _ in 0..5 {
-            if broker.spawn().await {
-                return broker;
+            if self.spawn().await {
+                return self;
             }
-            broker.port = free_port();
+            self.port = free_port();
+            if let Some(tls) = self.security.as_mut().and_then(|s| s.tls.as_mut()) {
+                tls.port = free_port();
+            }
         }
-        panic!("mosquitto did not start in 5 attempts:\n{}", broker.log())
+        panic!("mosquitto did not start in 5 attempts:\n{}", self.log())
     }
 
     fn config_path(&self) -> PathBuf {
@@ -196,6 +305,9 @@ impl Mosquitto {
 
     /// Starts the broker; `false` when it exited without listening (port taken).
     async fn spawn(&mut self) -> bool {
+        if self.security.is_some() {
+            return self.spawn_secured().await;
+        }
         // Started as root, Mosquitto switches to the `mosquitto` user, which cannot write the
         // persistence file into this root-owned 0700 temporary directory: a restart would then
         // lose every session and queued message. `user <ourselves>` keeps it as it is.
@@ -213,7 +325,7 @@ impl Mosquitto {
             extra = self.extra_config
         );
         std::fs::write(self.config_path(), config).unwrap();
-        let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| "mosquitto".to_string());
+        let bin = mosquitto_bin();
         if self.restart_guard {
             let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mosquitto/restart-guard.sh");
             let out = Command::new("sh")
@@ -238,6 +350,47 @@ impl Mosquitto {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let listening = wait_for_child_port(&mut child, addr, Duration::from_secs(10)).await;
         self.child = Some(child);
+        listening
+    }
+
+    /// The secured broker, configured by scripts/lib/mosquitto.sh from deploy/mosquitto.
+    async fn spawn_secured(&mut self) -> bool {
+        let dir = self.dir.path().display().to_string();
+        let port = self.port.to_string();
+        let tls = self.security.as_ref().and_then(|s| s.tls.clone());
+        let (tls_port, ca_dir) = match &tls {
+            Some(t) => (t.port.to_string(), t.ca_dir.display().to_string()),
+            None => (String::new(), String::new()),
+        };
+        mosquitto_sh(
+            r#"extra=("$(mosquitto_security_conf "$1")")
+               if [[ -n "$3" ]]; then extra+=("$(mosquitto_tls_conf "$1" "$3" "$4")"); fi
+               mosquitto_render_config "$1" "$2" "${extra[@]}""#,
+            &[&dir, &port, &tls_port, &ca_dir],
+            &[],
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .unwrap();
+        let mut child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.config_path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto; run the tests through scripts/test.sh");
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut listening = wait_for_child_port(&mut child, addr, Duration::from_secs(10)).await;
+        if let (true, Some(tls)) = (listening, &tls) {
+            let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls.port));
+            listening = wait_for_child_port(&mut child, tls_addr, Duration::from_secs(10)).await;
+        }
+        self.child = Some(child);
+        if !listening {
+            self.stop();
+        }
         listening
     }
 

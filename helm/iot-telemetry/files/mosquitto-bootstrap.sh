@@ -1,5 +1,7 @@
 #!/bin/sh
-# Prepares the broker's dynamic-security state before Mosquitto starts (init container).
+# Prepares the broker's dynamic-security state before Mosquitto starts: the Helm chart's init
+# container, scripts/up.sh and the tests (iot-testkit) all run this file. The chart ships a
+# byte-identical copy (helm/iot-telemetry/files/mosquitto-bootstrap.sh; a chart test compares).
 #  - first start: creates dynamic-security.json with the administrator;
 #  - every start: ensures the service roles and accounts of ingest and api exist and sets
 #    their passwords from the Secret, so a rotated Secret takes effect on the next rollout.
@@ -8,7 +10,9 @@
 # The accounts are applied through a private broker on loopback, the supported way of
 # changing dynamic security (the file format holds hashed passwords).
 # Inputs (environment): DATA_DIR, PLUGIN, ADMIN_USERNAME, ADMIN_PASSWORD, INGEST_USERNAME,
-# INGEST_PASSWORD, API_USERNAME, API_PASSWORD; BOOTSTRAP_PORT (default 11883).
+# INGEST_PASSWORD, API_USERNAME, API_PASSWORD; BOOTSTRAP_PORT (default 11883);
+# BOOTSTRAP_USER (optional: the user a root-started bootstrap broker keeps, so that it can
+# write DATA_DIR; the pod runs as the mosquitto user and needs none).
 set -eu
 
 : "${DATA_DIR:?}" "${PLUGIN:?}" "${ADMIN_USERNAME:?}" "${ADMIN_PASSWORD:?}"
@@ -23,6 +27,7 @@ if [ ! -s "$DYNSEC" ]; then
 fi
 
 cat >"$WORK/bootstrap.conf" <<CONF
+${BOOTSTRAP_USER:+user $BOOTSTRAP_USER}
 per_listener_settings false
 allow_anonymous false
 persistence false

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use iot_runtime::logging::LogFormat;
 
@@ -35,6 +35,9 @@ pub struct Config {
     pub mqtt_username: Option<String>,
     #[arg(long, env = "API_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
+    /// TLS to the broker, and device provisioning through its dynamic-security plugin.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
     /// Broker host devices are told to connect to (what they can reach, not what the api uses).
     #[arg(long, env = "API_PUBLIC_MQTT_HOST", default_value = "127.0.0.1")]
     pub public_mqtt_host: String,
@@ -52,4 +55,61 @@ pub struct Config {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// How the api reaches the broker beyond the live-stream login: TLS, and the account that
+/// provisions device credentials through Mosquitto's dynamic-security control topic.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerConfig {
+    /// Connect to the broker over TLS (both the live stream and provisioning).
+    #[arg(long, env = "API_MQTT_TLS")]
+    pub mqtt_tls: bool,
+    /// PEM CA certificate(s) the broker's certificate must chain to (default: system roots).
+    #[arg(long, env = "API_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a broker listener that requires one.
+    #[arg(long, env = "API_MQTT_CLIENT_CERT")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    #[arg(long, env = "API_MQTT_CLIENT_KEY")]
+    pub mqtt_client_key: Option<PathBuf>,
+    /// Broker account allowed on `$CONTROL/dynamic-security/#`: with it, creating a device
+    /// provisions its broker login, rotating replaces it and deleting revokes it. Unset: the
+    /// api hands out credentials the broker does not check (`"broker_enforced": false`).
+    #[arg(long, env = "API_MQTT_ADMIN_USERNAME")]
+    pub mqtt_admin_username: Option<String>,
+    #[arg(long, env = "API_MQTT_ADMIN_PASSWORD", hide_env_values = true)]
+    pub mqtt_admin_password: Option<String>,
+    /// How long a provisioning request waits for the broker's answer, in milliseconds.
+    #[arg(long, env = "API_MQTT_ADMIN_TIMEOUT_MS", default_value_t = 5000)]
+    pub mqtt_admin_timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    /// Plain MQTT, no provisioning (what a `Config` literal in a test usually wants).
+    fn default() -> Self {
+        Self {
+            mqtt_tls: false,
+            mqtt_ca_file: None,
+            mqtt_client_cert: None,
+            mqtt_client_key: None,
+            mqtt_admin_username: None,
+            mqtt_admin_password: None,
+            mqtt_admin_timeout_ms: 5000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn tls(&self) -> iot_mqtt::TlsSettings {
+        iot_mqtt::TlsSettings {
+            enabled: self.mqtt_tls,
+            ca_file: self.mqtt_ca_file.clone(),
+            client_cert: self.mqtt_client_cert.clone(),
+            client_key: self.mqtt_client_key.clone(),
+        }
+    }
+
+    pub fn admin_timeout(&self) -> Duration {
+        Duration::from_millis(self.mqtt_admin_timeout_ms.max(1))
+    }
 }

@@ -50,6 +50,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     ops: OpsServer,
     live_task: tokio::task::JoinHandle<()>,
+    broker_task: Option<tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
 }
 
@@ -60,13 +61,17 @@ impl Application {
         let storage_channel = lazy_channel(&config.storage_url).context("API_STORAGE_URL")?;
         let session_channel = lazy_channel(&config.session_url).context("API_SESSION_URL")?;
         let live = LiveHub::new();
-        let live_task = live::spawn_subscriber(&config, live.clone(), metrics.clone(), shutdown.clone());
+        // Flag combinations and certificate files are checked here, before anything connects.
+        config.broker.tls().client_config().context("MQTT TLS (API_MQTT_TLS, API_MQTT_CA_FILE, ...)")?;
+        let live_task = live::spawn_subscriber(&config, live.clone(), metrics.clone(), shutdown.clone())?;
+        let (broker, broker_task) = broker::BrokerAdmin::start(&config, &registry, shutdown.clone())?;
         let state = AppState {
             storage: StorageServiceClient::new(storage_channel),
             session: SessionServiceClient::new(session_channel),
             config: Arc::new(config.clone()),
             metrics,
             live,
+            broker,
             shutdown: shutdown.clone(),
         };
         let readiness = readiness_check(state.clone());
@@ -110,7 +115,7 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let server = server.listen(listener)?.run();
         tracing::info!(%local_addr, storage = %config.storage_url, session = %config.session_url, "api listening");
-        Ok(Self { local_addr, ops_addr: ops.local_addr, server, ops, live_task, shutdown })
+        Ok(Self { local_addr, ops_addr: ops.local_addr, server, ops, live_task, broker_task, shutdown })
     }
 
     /// Serves until the token given to `build` is cancelled, then drains in-flight requests.
@@ -125,6 +130,9 @@ impl Application {
         self.shutdown.cancel();
         let _ = stopper.await;
         let _ = self.live_task.await;
+        if let Some(task) = self.broker_task {
+            let _ = task.await;
+        }
         self.ops.task.await?;
         Ok(())
     }

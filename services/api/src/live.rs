@@ -60,7 +60,7 @@ pub fn spawn_subscriber(
     hub: LiveHub,
     metrics: Metrics,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let client_id = format!("iot-api-live-{}", crate::random_token(6));
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -69,8 +69,9 @@ pub fn spawn_subscriber(
     if let Some(username) = &config.mqtt_username {
         options.set_credentials(username.clone(), config.mqtt_password.clone().unwrap_or_default());
     }
+    config.broker.tls().apply(&mut options)?;
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,5 +123,5 @@ pub fn spawn_subscriber(
             }
         }
         let _ = client.try_disconnect();
-    })
+    }))
 }

@@ -5,7 +5,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 use iot_runtime::telemetry::grpc::{GrpcClientTrace, traced_channel};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{config::Config, live::LiveHub};
+use crate::{broker::BrokerAdmin, config::Config, live::LiveHub};
 
 /// Shared by every worker; cheap to clone (channels and Arcs).
 #[derive(Clone)]
@@ -15,6 +15,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub live: LiveHub,
+    /// Device credentials at the broker (dynamic security), or disabled.
+    pub broker: BrokerAdmin,
     /// Ends live streams when the server shuts down (they would otherwise hold it open).
     pub shutdown: iot_runtime::CancellationToken,
 }

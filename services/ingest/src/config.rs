@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use iot_runtime::logging::LogFormat;
 
@@ -21,6 +21,17 @@ pub struct Config {
     pub mqtt_username: Option<String>,
     #[arg(long, env = "INGEST_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
+    /// Connect to the broker over TLS (its TLS listener, usually port 8883).
+    #[arg(long, env = "INGEST_MQTT_TLS")]
+    pub mqtt_tls: bool,
+    /// PEM CA certificate(s) the broker's certificate must chain to (default: system roots).
+    #[arg(long, env = "INGEST_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for a broker listener that requires one.
+    #[arg(long, env = "INGEST_MQTT_CLIENT_CERT")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    #[arg(long, env = "INGEST_MQTT_CLIENT_KEY")]
+    pub mqtt_client_key: Option<PathBuf>,
     /// MQTT client id. Must be stable across restarts of one replica (its persistent session
     /// holds the messages in flight when it died) and unique among replicas. Defaults to the
     /// host name, which in Kubernetes is the StatefulSet pod name (`iot-ingest-0`, ...).
@@ -94,6 +105,8 @@ pub enum ConfigError {
     PasswordWithoutUsername,
     #[error("INGEST_RESTART_GUARD_CLIENT_ID must differ from the replica's own client id {0:?}")]
     GuardIsClientId(String),
+    #[error("MQTT TLS (INGEST_MQTT_TLS, INGEST_MQTT_CA_FILE, ...): {0}")]
+    Tls(#[from] iot_mqtt::TlsError),
 }
 
 impl Config {
@@ -113,12 +126,23 @@ impl Config {
         if self.mqtt_password.is_some() && self.mqtt_username.is_none() {
             return Err(ConfigError::PasswordWithoutUsername);
         }
+        // Reads the certificate files too: a bad path fails the start, not every reconnect.
+        self.mqtt_tls().client_config()?;
         let client_id = self.resolved_client_id()?;
         // The guard connection would take the replica's own session over, and back.
         if client_id == self.restart_guard_client_id {
             return Err(ConfigError::GuardIsClientId(client_id));
         }
         Ok(())
+    }
+
+    pub fn mqtt_tls(&self) -> iot_mqtt::TlsSettings {
+        iot_mqtt::TlsSettings {
+            enabled: self.mqtt_tls,
+            ca_file: self.mqtt_ca_file.clone(),
+            client_cert: self.mqtt_client_cert.clone(),
+            client_key: self.mqtt_client_key.clone(),
+        }
     }
 
     pub fn resolved_client_id(&self) -> Result<String, ConfigError> {

@@ -146,10 +146,13 @@ impl Guard {
     }
 
     async fn drain_once(&self) -> Outcome {
-        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(
-            mqtt::options(&self.config, self.client_id.clone()),
-            usize::from(self.config.receive_maximum) * 2 + 64,
-        );
+        // Same login and TLS as the replica's own connection (checked at start-up already).
+        let options = match mqtt::options(&self.config, self.client_id.clone()) {
+            Ok(options) => options,
+            Err(error) => return Outcome::Failed(error.to_string()),
+        };
+        let (client, mut eventloop) =
+            rumqttc::v5::AsyncClient::new(options, usize::from(self.config.receive_maximum) * 2 + 64);
         let acker = Arc::new(Acker::new(client.clone(), self.metrics.clone()));
         let (tx, rx) = mpsc::unbounded_channel();
         let pipeline = Pipeline {

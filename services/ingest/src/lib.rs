@@ -81,7 +81,7 @@ impl Application {
         let storage = StorageServiceClient::new(traced).max_decoding_message_size(16 * 1024 * 1024);
 
         let (client, eventloop) = rumqttc::v5::AsyncClient::new(
-            mqtt::options(&config, client_id.clone()),
+            mqtt::options(&config, client_id.clone())?,
             usize::from(config.receive_maximum) * 2 + 64,
         );
         let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));

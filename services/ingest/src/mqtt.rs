@@ -44,7 +44,7 @@ pub struct MqttShared {
     pub resubscribed: Arc<tokio::sync::Notify>,
 }
 
-pub fn options(config: &Config, client_id: String) -> MqttOptions {
+pub fn options(config: &Config, client_id: String) -> Result<MqttOptions, crate::config::ConfigError> {
     let mut options = MqttOptions::new(client_id, config.mqtt_host.clone(), config.mqtt_port);
     options
         .set_keep_alive(Duration::from_secs(config.keep_alive_secs))
@@ -61,7 +61,10 @@ pub fn options(config: &Config, client_id: String) -> MqttOptions {
     if let Some(username) = &config.mqtt_username {
         options.set_credentials(username.clone(), config.mqtt_password.clone().unwrap_or_default());
     }
-    options
+    if let Some(transport) = config.mqtt_tls().transport()? {
+        options.set_transport(transport);
+    }
+    Ok(options)
 }
 
 pub fn now_us() -> i64 {

@@ -34,6 +34,17 @@ pub struct Config {
     pub mqtt_host: String,
     #[arg(long, env = "SIM_MQTT_PORT", default_value_t = 1883)]
     pub mqtt_port: u16,
+    /// Connect over TLS (the broker's TLS listener, usually port 8883).
+    #[arg(long, env = "SIM_MQTT_TLS")]
+    pub mqtt_tls: bool,
+    /// PEM CA certificate(s) the broker's certificate must chain to (default: system roots).
+    #[arg(long, env = "SIM_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for a broker listener that requires one.
+    #[arg(long, env = "SIM_MQTT_CLIENT_CERT")]
+    pub mqtt_client_cert: Option<PathBuf>,
+    #[arg(long, env = "SIM_MQTT_CLIENT_KEY")]
+    pub mqtt_client_key: Option<PathBuf>,
     /// Number of devices (ignored with --credentials-file, which lists them).
     #[arg(long, env = "SIM_DEVICES", default_value_t = 10)]
     pub devices: usize,
@@ -52,7 +63,9 @@ pub struct Config {
     /// MQTT QoS of the publishes (0 or 1).
     #[arg(long, env = "SIM_QOS", default_value_t = 1)]
     pub qos: u8,
-    /// File with one device per line: `device_id username password` (spaces, tabs or commas).
+    /// File with one device per line: `device_id username password` (spaces, tabs or commas),
+    /// e.g. credentials the api provisioned. Each device then connects with its device id as
+    /// MQTT client id (a provisioned broker account accepts no other).
     #[arg(long, env = "SIM_CREDENTIALS_FILE")]
     pub credentials_file: Option<PathBuf>,
     /// Shared device password; each device then logs in with its device id as username.
@@ -303,6 +316,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => devices.len(),
     };
     let qos = if config.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let tls = iot_mqtt::TlsSettings {
+        enabled: config.mqtt_tls,
+        ca_file: config.mqtt_ca_file.clone(),
+        client_cert: config.mqtt_client_cert.clone(),
+        client_key: config.mqtt_client_key.clone(),
+    }
+    .transport()
+    .context("MQTT TLS (SIM_MQTT_TLS, SIM_MQTT_CA_FILE, ...)")?;
     let counters = Arc::new(Counters { published: AtomicU64::new(0), acked: AtomicU64::new(0), errors: AtomicU64::new(0) });
     let stop_loops = CancellationToken::new();
     let run_id: u32 = rand::rng().random();
@@ -311,7 +332,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut loops = tokio::task::JoinSet::new();
     for c in 0..connections {
         let first = &devices[c * devices.len() / connections];
-        let client_id = if connections == devices.len() {
+        let client_id = if first.username.is_some() {
+            // Provisioned accounts are bound to the device id as client id.
+            first.device_id.clone()
+        } else if connections == devices.len() {
             format!("sim-{}-{run_id:08x}", first.device_id)
         } else {
             format!("sim-conn{c}-{run_id:08x}")
@@ -324,6 +348,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .set_clean_start(true);
         if let (Some(user), Some(pass)) = (&first.username, &first.password) {
             options.set_credentials(user.clone(), pass.clone());
+        }
+        if let Some(transport) = &tls {
+            options.set_transport(transport.clone());
         }
         let (client, mut eventloop) = AsyncClient::new(options, usize::from(config.inflight) * 2 + 16);
         clients.push(client);

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     auth::CurrentSession,
-    broker::{BrokerProvisioning, provision_device_credentials, revoke_device_credentials},
+    broker::BrokerProvisioning,
     error::{ApiError, ApiResult},
     state::AppState,
     time::format_us,
@@ -111,12 +111,19 @@ fn mqtt_json(state: &AppState, device_id: &str, password: &str, provisioning: Br
         "password": password,
         "client_id": device_id,
         "topic": telemetry_topic(device_id),
-        // False until broker provisioning (issue 6) exists: the broker does not check these yet.
+        // False when the api runs without a provisioning account: the broker does not check these.
         "broker_enforced": provisioning.enforced(),
     })
 }
 
 /// Creates a device and its MQTT credentials. Shared by the JSON API and the HTML form.
+///
+/// Storage first: it decides whether the id is free (409 otherwise) before the broker is
+/// touched, so a duplicate can never reset another device's password. When the broker then
+/// fails (down: 503; no answer: 504), the device is deleted again: a device nobody can
+/// connect as is worse than none. A broker command that still ran after that leaves an
+/// account without a device (password unknown to anyone, data refused by ingest); creating
+/// the device again resets it, since provisioning is idempotent.
 pub async fn create_device(state: &AppState, session: &CurrentSession, body: NewDevice) -> ApiResult<(Device, Value)> {
     if !iot_payload::is_valid_device_id(&body.device_id) {
         return Err(ApiError::Unprocessable("device_id must match [A-Za-z0-9_-]{1,64}".to_string()));
@@ -134,12 +141,15 @@ pub async fn create_device(state: &AppState, session: &CurrentSession, body: New
         .await?
         .into_inner();
     let password = new_device_password();
-    let provisioning = match provision_device_credentials(&device.device_id, &password).await {
+    let provisioning = match state.broker.provision(&device.device_id, &password).await {
         Ok(p) => p,
         Err(error) => {
-            // A device nobody can connect as is worse than none: undo, report.
-            let _ = state.storage.clone().delete_device(DeleteDeviceRequest { device_id: device.device_id.clone() }).await;
-            return Err(error);
+            let rollback = state.storage.clone().delete_device(DeleteDeviceRequest { device_id: device.device_id.clone() }).await;
+            if let Err(status) = rollback {
+                // Left in storage without broker credentials; rotating them repairs it.
+                tracing::error!(device_id = %device.device_id, %status, "could not roll back a device whose credentials were not provisioned");
+            }
+            return Err(error.into());
         }
     };
     let mut body = device_json(&device);
@@ -253,8 +263,12 @@ pub async fn patch(
 
 pub async fn delete(state: web::Data<AppState>, session: CurrentSession, path: web::Path<String>) -> ApiResult<HttpResponse> {
     let device = owned_device(&state, &session, &path).await?;
+    // Broker first: if it is down the request fails and the device stays whole (retry later).
+    // The other order would leave a working broker login for a device the owner can no longer
+    // see or delete. If storage then fails, the device remains without credentials until they
+    // are rotated.
+    state.broker.revoke(&device.device_id).await?;
     state.storage.clone().delete_device(DeleteDeviceRequest { device_id: device.device_id.clone() }).await?;
-    revoke_device_credentials(&device.device_id).await?;
     tracing::info!(device_id = %device.device_id, "device deleted");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -266,7 +280,9 @@ pub async fn rotate_credentials(
 ) -> ApiResult<HttpResponse> {
     let device = owned_device(&state, &session, &path).await?;
     let password = new_device_password();
-    let provisioning = provision_device_credentials(&device.device_id, &password).await?;
+    // Replaces the broker's password (and disconnects a client logged in with the old one);
+    // also provisions a device created while the api ran without a provisioning account.
+    let provisioning = state.broker.provision(&device.device_id, &password).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"device_id": device.device_id, "mqtt": mqtt_json(&state, &device.device_id, &password, provisioning)})))

@@ -193,7 +193,7 @@ pub fn spec() -> Value {
                 "PatchDevice": {"type": "object", "additionalProperties": false, "properties": {"name": {"type": "string"}, "attributes": {"type": ["object", "null"]}}},
                 "MqttCredentials": {"type": "object", "properties": {"host": {"type": "string"}, "port": {"type": "integer"}, "username": {"type": "string"},
                     "password": {"type": "string"}, "client_id": {"type": "string"}, "topic": {"type": "string"},
-                    "broker_enforced": {"type": "boolean", "description": "false until broker provisioning (issue 6) is configured: the broker does not check these credentials"}}},
+                    "broker_enforced": {"type": "boolean", "description": "false when the api runs without a broker provisioning account (API_MQTT_ADMIN_USERNAME): the broker does not check these credentials"}}},
                 "CreatedDevice": {"allOf": [{"$ref": "#/components/schemas/Device"}, {"type": "object", "properties": {"mqtt": {"$ref": "#/components/schemas/MqttCredentials"}}}]},
                 "Reading": {"type": "object", "properties": {"metric": {"type": "string"}, "ts": {"type": "string", "format": "date-time"}, "value": {"type": "number"}}},
                 "ReadingsPage": {"type": "object", "properties": {"device_id": {"type": "string"}, "readings": {"type": "array", "items": {"$ref": "#/components/schemas/Reading"}}, "next_cursor": {"type": ["string", "null"]}}},

@@ -233,7 +233,7 @@ pub async fn device_create(req: HttpRequest, state: web::Data<AppState>, form: w
             let enforcement = if mqtt["broker_enforced"].as_bool() == Some(true) {
                 ""
             } else {
-                " <em>Note: the broker does not check device credentials yet.</em>"
+                " <em>Note: this api runs without broker provisioning, so the broker does not check these credentials.</em>"
             };
             (
                 actix_web::http::StatusCode::CREATED,

@@ -30,14 +30,14 @@ pub struct TestApp {
     dir: tempfile::TempDir,
 }
 
-fn log_file(dir: &std::path::Path, name: &str) -> std::fs::File {
+pub fn log_file(dir: &std::path::Path, name: &str) -> std::fs::File {
     std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).unwrap()
 }
 
 /// Starts a service on a fresh free port and waits until it listens. A port that was free a
 /// moment ago can be taken by a parallel test before the child binds it: then the child exits
 /// and another port is tried.
-async fn start_listening(mut spawn: impl FnMut(SocketAddr) -> Child) -> (SocketAddr, ChildGuard) {
+pub async fn start_listening(mut spawn: impl FnMut(SocketAddr) -> Child) -> (SocketAddr, ChildGuard) {
     for _ in 0..5 {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut child = spawn(addr);
@@ -50,7 +50,7 @@ async fn start_listening(mut spawn: impl FnMut(SocketAddr) -> Child) -> (SocketA
     panic!("the service did not start in 5 attempts (see its log)");
 }
 
-fn start_storage(db_url: &str, addr: SocketAddr, dir: &std::path::Path) -> Child {
+pub fn start_storage(db_url: &str, addr: SocketAddr, dir: &std::path::Path) -> Child {
     Command::new(workspace_bin("iot-storage"))
         .env("STORAGE_DATABASE_URL", db_url)
         .env("STORAGE_GRPC_ADDR", addr.to_string())
@@ -100,6 +100,7 @@ pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
         mqtt_port: broker.port,
         mqtt_username: None,
         mqtt_password: None,
+        broker: Default::default(),
         public_mqtt_host: "mqtt.example.test".into(),
         public_mqtt_port: 8883,
         cookie_secure: CookieSecure::Auto,

@@ -11,4 +11,5 @@ mod live;
 mod pages;
 mod readings;
 mod resilience;
+mod security;
 mod traces;
