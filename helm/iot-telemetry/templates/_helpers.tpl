@@ -96,6 +96,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "iot.componentName" (dict "ctx" . "component" "mosquitto") -}}
 {{- end -}}
 
+{{/* Ingest and api use the plain listener when there is one, else the TLS listener. */}}
+{{- define "iot.mqttTls" -}}
+{{- if not .Values.mosquitto.plainListener -}}true{{- end -}}
+{{- end -}}
+
+{{- define "iot.mqttPort" -}}
+{{- ternary .Values.mosquitto.service.tlsPort .Values.mosquitto.service.port (eq (include "iot.mqttTls" .) "true") -}}
+{{- end -}}
+
+{{/* TLS settings of an in-cluster MQTT client: (dict "ctx" $ "prefix" "INGEST"). */}}
+{{- define "iot.mqttTlsEnv" -}}
+{{- if eq (include "iot.mqttTls" .ctx) "true" }}
+- name: {{ .prefix }}_MQTT_TLS
+  value: "true"
+- name: {{ .prefix }}_MQTT_CA_FILE
+  value: /etc/iot/mqtt-ca/ca.crt
+{{- end }}
+{{- end -}}
+
 {{- define "iot.otlpEndpoint" -}}
 {{- if .Values.otelCollector.enabled -}}
 {{- printf "http://%s:4317" (include "iot.componentName" (dict "ctx" . "component" "otel-collector")) -}}
@@ -225,6 +244,19 @@ containers:
       {{- toYaml $v.resources | nindent 6 }}
     securityContext:
       {{- toYaml .ctx.Values.containerSecurityContext | nindent 6 }}
+    {{- if and (has .component (list "ingest" "api")) (eq (include "iot.mqttTls" .ctx) "true") }}
+    volumeMounts:
+      - {name: mqtt-ca, mountPath: /etc/iot/mqtt-ca, readOnly: true}
+{{- end }}
+{{- if and (has .component (list "ingest" "api")) (eq (include "iot.mqttTls" .ctx) "true") }}
+volumes:
+  # The CA of the broker's TLS listener (ca.crt of its kubernetes.io/tls Secret).
+  - name: mqtt-ca
+    secret:
+      secretName: {{ .ctx.Values.mosquitto.tls.existingSecret }}
+      items:
+        - {key: ca.crt, path: ca.crt}
+{{- end }}
 {{- with $v.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}

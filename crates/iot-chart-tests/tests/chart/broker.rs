@@ -547,3 +547,97 @@ fn the_chart_broker_tls_listener_requires_the_ca_and_a_client_certificate() {
         "in-cluster plain listener refused ingest"
     );
 }
+
+#[test]
+fn the_chart_bootstraps_the_broker_with_the_script_of_deploy_mosquitto() {
+    // One script, two copies (Helm reads files only inside the chart): scripts/up.sh and the
+    // tests run deploy/mosquitto/dynsec-bootstrap.sh, the pod runs the chart's copy.
+    let root = iot_chart_tests::repo_root();
+    let deploy = std::fs::read_to_string(root.join("deploy/mosquitto/dynsec-bootstrap.sh")).unwrap();
+    let chart =
+        std::fs::read_to_string(root.join("helm/iot-telemetry/files/mosquitto-bootstrap.sh")).unwrap();
+    assert_eq!(
+        chart, deploy,
+        "helm/iot-telemetry/files/mosquitto-bootstrap.sh differs from deploy/mosquitto/dynsec-bootstrap.sh"
+    );
+}
+
+fn env_of<'a>(r: &'a iot_chart_tests::Rendered, container: &str) -> Vec<&'a serde_json::Value> {
+    r.env_entries()
+        .into_iter()
+        .filter(|(c, _)| c == container)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+fn env_value(env: &[&serde_json::Value], name: &str) -> Option<String> {
+    env.iter()
+        .find(|e| e["name"] == name)
+        .map(|e| match e["value"].as_str() {
+            Some(v) => v.to_string(),
+            None => format!("secret:{}", e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap_or("?")),
+        })
+}
+
+#[test]
+fn the_api_provisions_device_logins_with_its_account_and_a_tls_only_broker_is_reached_over_tls() {
+    let Some(helm) = iot_chart_tests::helm_or_skip(
+        "the_api_provisions_device_logins_with_its_account_and_a_tls_only_broker_is_reached_over_tls",
+    ) else {
+        return;
+    };
+    let set = |args: &[&str]| -> Vec<String> {
+        args.iter().flat_map(|a| ["--set".to_string(), a.to_string()]).collect()
+    };
+
+    // Default: the api provisions with its own account (whose role the bootstrap gives the
+    // $CONTROL/dynamic-security ACLs); ingest and api use the plain in-cluster listener.
+    let r = iot_chart_tests::render_with(&helm, "default", &[]).unwrap();
+    let api = env_of(&r, "api");
+    assert_eq!(env_value(&api, "API_MQTT_ADMIN_USERNAME").as_deref(), Some("secret:api-username"));
+    assert_eq!(env_value(&api, "API_MQTT_ADMIN_PASSWORD").as_deref(), Some("secret:api-password"));
+    assert_eq!(env_value(&api, "API_MQTT_USERNAME").as_deref(), Some("secret:api-username"));
+    assert_eq!(env_value(&api, "API_MQTT_TLS"), None);
+    let script = r.find("ConfigMap", "mosquitto").unwrap()["data"]["bootstrap.sh"].as_str().unwrap().to_string();
+    assert!(
+        script.contains("addRoleACL iot-api publishClientSend '$CONTROL/dynamic-security/v1' allow")
+            && script.contains("addRoleACL iot-ingest subscribePattern '$share/ingest/devices/+/telemetry' allow"),
+        "the bootstrap no longer grants what api and ingest need"
+    );
+
+    // Provisioning off: no admin login for the api (it answers "broker_enforced": false).
+    let r = iot_chart_tests::render_with(&helm, "no-provisioning", &set(&["api.brokerProvisioning=false"])).unwrap();
+    assert_eq!(env_value(&env_of(&r, "api"), "API_MQTT_ADMIN_USERNAME"), None);
+
+    // TLS only: ingest and api connect to the TLS port, trusting ca.crt of the broker's Secret,
+    // and the NetworkPolicies let them.
+    let tls_only = set(&["mosquitto.plainListener=false", "mosquitto.tls.enabled=true", "mosquitto.tls.existingSecret=mq-tls"]);
+    let r = iot_chart_tests::render_with(&helm, "tls-only", &tls_only).unwrap();
+    for (container, prefix) in [("ingest", "INGEST"), ("api", "API")] {
+        let env = env_of(&r, container);
+        assert_eq!(env_value(&env, &format!("{prefix}_MQTT_PORT")).as_deref(), Some("8883"), "{container}");
+        assert_eq!(env_value(&env, &format!("{prefix}_MQTT_TLS")).as_deref(), Some("true"), "{container}");
+        let ca = env_value(&env, &format!("{prefix}_MQTT_CA_FILE")).unwrap();
+        let workload = r
+            .workloads()
+            .into_iter()
+            .find(|w| w.containers().iter().any(|c| c["name"] == container))
+            .unwrap();
+        let pod = workload.pod;
+        let mount = &pod["containers"][0]["volumeMounts"][0];
+        assert!(ca.starts_with(mount["mountPath"].as_str().unwrap()), "{container}: {ca} is not mounted");
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert_eq!(volume["secret"]["secretName"], "mq-tls", "{container}");
+        let np = r.find("NetworkPolicy", container).unwrap();
+        let egress = serde_json::to_string(&np["spec"]["egress"]).unwrap();
+        assert!(egress.contains("\"port\":8883"), "{container}: egress to the TLS port not allowed: {egress}");
+    }
+    // Client certificates required and no plain listener: ingest and api could not connect.
+    let mut both = tls_only.clone();
+    both.extend(set(&["mosquitto.tls.requireCertificate=true"]));
+    let refused = iot_chart_tests::template_text(&helm, &both);
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("requireCertificate needs plainListener")),
+        "TLS-only with client certificates required must be refused: {refused:?}"
+    );
+}
