@@ -54,9 +54,12 @@ def quantiles(metric, by="", qs=(0.5, 0.95, 0.99)):
 
 
 row("Ingest: MQTT to database")
-ts("Messages in / acknowledged", "MQTT PUBLISH packets received and PUBACKs sent per second, per ingest replica "
-   "(ingest_messages_received_total, ingest_messages_acked_total). A PUBACK follows the database commit or a rejection.",
+ts("Messages in / written / acknowledged", "MQTT PUBLISH packets received, messages whose readings storage committed, "
+   "and PUBACKs sent per second, per ingest replica (ingest_messages_received_total, ingest_messages_written_total, "
+   "ingest_messages_acked_total). A PUBACK follows the database commit or a rejection, so in = acked in steady state "
+   "and in - written = rejected.",
    [(f"sum by (pod) (rate(ingest_messages_received_total{{{SEL}}}[{RATE}]))", "in {{pod}}"),
+    (f"sum by (pod) (rate(ingest_messages_written_total{{{SEL}}}[{RATE}]))", "written {{pod}}"),
     (f"sum by (pod) (rate(ingest_messages_acked_total{{{SEL}}}[{RATE}]))", "acked {{pod}}")], "ops", x=0)
 ts("Messages rejected", "Messages refused by validation (malformed JSON or SenML, wrong types, non-finite numbers, "
    "oversized, unknown device, bad topic) per second, by reason (ingest_messages_rejected_total). They are acknowledged "
@@ -68,9 +71,11 @@ ts("Readings written", "Readings newly stored per second as counted by ingest (i
    [(f"sum(rate(ingest_readings_written_total{{{SEL}}}[{RATE}]))", "written (ingest)"),
     (f"sum(rate(storage_readings_inserted_total{{{SEL}}}[{RATE}]))", "inserted (storage)"),
     (f"sum(rate(ingest_readings_duplicate_total{{{SEL}}}[{RATE}]))", "duplicates")], "ops", x=16)
-ts("Batch size", "Readings per committed WriteReadings batch (ingest_batch_readings): large batches mean ingest is "
-   "keeping up under load, batches of one mean a light stream.",
-   quantiles("ingest_batch_readings"), "short", x=0)
+ts("Batch size", "Readings and messages per committed WriteReadings batch (ingest_batch_readings, "
+   "ingest_batch_messages), median and 95th percentile: large batches mean ingest is keeping up under load, batches "
+   "of one mean a light stream.",
+   [(e, "readings " + l) for e, l in quantiles("ingest_batch_readings", qs=(0.5, 0.95))]
+   + [(e, "messages " + l) for e, l in quantiles("ingest_batch_messages", qs=(0.5, 0.95))], "short", x=0)
 ts("Ingest lag (publish to commit)", "Time from the payload timestamp (or broker receive time) to the storage "
    "commit (ingest_end_to_end_lag_seconds). Growing lag means ingest or storage cannot keep up: scale ingest.",
    quantiles("ingest_end_to_end_lag_seconds"), "s", x=8)
@@ -84,9 +89,11 @@ ts("Storage errors and broker connection", "Failed (retried) WriteReadings attem
    "(ingest_storage_errors_total) and replicas connected to the broker (ingest_mqtt_connected).",
    [(f"sum(rate(ingest_storage_errors_total{{{SEL}}}[{RATE}]))", "storage errors/s"),
     (f"sum(ingest_mqtt_connected{{{SEL}}})", "replicas connected")], "short", x=8)
-ts("Storage database pool", "Connections of storage's database pool: open, idle, configured maximum and requests "
-   "waiting for a connection (storage_db_pool_*). Waiting above zero means the pool is the bottleneck.",
-   [(f"sum(storage_db_pool_size{{{SEL}}})", "open"),
+ts("Storage database pool", "Connections of storage's database pool: in use by requests, open, idle, configured "
+   "maximum and requests waiting for a connection (storage_db_pool_*). In use near the maximum and waiting above "
+   "zero mean the pool is the bottleneck.",
+   [(f"sum(storage_db_pool_in_use{{{SEL}}})", "in use"),
+    (f"sum(storage_db_pool_size{{{SEL}}})", "open"),
     (f"sum(storage_db_pool_available{{{SEL}}})", "idle"),
     (f"sum(storage_db_pool_max_size{{{SEL}}})", "max"),
     (f"sum(storage_db_pool_waiting{{{SEL}}})", "waiting")], "short", x=16)

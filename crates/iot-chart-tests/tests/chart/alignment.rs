@@ -225,9 +225,11 @@ fn the_dashboard_queries_only_metrics_the_services_register() {
     for needed in [
         "ingest_messages_received_total",
         "ingest_messages_rejected_total",
+        "ingest_messages_written_total",
         "ingest_readings_written_total",
         "ingest_batch_readings",
         "ingest_end_to_end_lag_seconds",
+        "storage_db_pool_in_use",
         "storage_grpc_requests_total",
         "storage_grpc_request_duration_seconds",
         "session_grpc_requests_total",
