@@ -1,6 +1,6 @@
 //! PNG line charts, one panel per metric, drawn with plotters' bitmap backend. Text uses an
 //! embedded DejaVu Sans (from the `dejavu` crate) through plotters' `ab_glyph` feature, so no
-//! system font or fontconfig is needed.
+//! system font or fontconfig is needed. Sizes are bounded by `iot_query::chart_size`.
 
 use std::{collections::BTreeMap, sync::Once};
 
@@ -10,24 +10,9 @@ use plotters::prelude::*;
 
 use crate::error::{ApiError, ApiResult};
 
-pub const DEFAULT_SIZE: (u32, u32) = (800, 400);
-pub const MIN_SIZE: (u32, u32) = (200, 150);
-pub const MAX_SIZE: (u32, u32) = (4000, 3000);
 /// More panels than this would be unreadable; the rest are left out (and said so).
 const MAX_PANELS: usize = 8;
 const FONT: &str = "sans-serif";
-
-pub fn size(width: Option<u32>, height: Option<u32>) -> ApiResult<(u32, u32)> {
-    let width = width.unwrap_or(DEFAULT_SIZE.0);
-    let height = height.unwrap_or(DEFAULT_SIZE.1);
-    if !(MIN_SIZE.0..=MAX_SIZE.0).contains(&width) || !(MIN_SIZE.1..=MAX_SIZE.1).contains(&height) {
-        return Err(ApiError::Unprocessable(format!(
-            "chart size must be between {}x{} and {}x{} pixels",
-            MIN_SIZE.0, MIN_SIZE.1, MAX_SIZE.0, MAX_SIZE.1
-        )));
-    }
-    Ok((width, height))
-}
 
 fn register_font() {
     static ONCE: Once = Once::new();

@@ -109,6 +109,15 @@ impl From<QueryPayloadError> for ApiError {
     }
 }
 
+impl From<iot_query::QueryError> for ApiError {
+    fn from(error: iot_query::QueryError) -> Self {
+        match error {
+            iot_query::QueryError::Malformed(message) => Self::BadRequest(message),
+            iot_query::QueryError::Invalid(message) => Self::Unprocessable(message),
+        }
+    }
+}
+
 impl From<PathError> for ApiError {
     fn from(error: PathError) -> Self {
         Self::BadRequest(format!("invalid path: {error}"))

@@ -50,23 +50,14 @@ pub async fn owned_device(state: &AppState, session: &CurrentSession, device_id:
     Ok(device)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub page_size: Option<u32>,
-    pub page_token: Option<String>,
-}
-
-pub async fn list(state: web::Data<AppState>, session: CurrentSession, query: web::Query<ListQuery>) -> ApiResult<HttpResponse> {
-    let query = query.into_inner();
-    if matches!(query.page_size, Some(0) | Some(1001..)) {
-        return Err(ApiError::Unprocessable("page_size must be between 1 and 1000".to_string()));
-    }
+pub async fn list(req: HttpRequest, state: web::Data<AppState>, session: CurrentSession) -> ApiResult<HttpResponse> {
+    let query = iot_query::DeviceListParams::parse(req.query_string())?;
     let response = state
         .storage
         .clone()
         .list_devices(ListDevicesRequest {
             owner_id: session.owner_filter(),
-            page_size: query.page_size.unwrap_or(100),
+            page_size: query.page_size,
             page_token: query.page_token.unwrap_or_default(),
         })
         .await?

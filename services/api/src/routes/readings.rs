@@ -3,7 +3,7 @@ use futures::StreamExt;
 use iot_proto::storage::v1::{
     AggregateReadingsRequest, DeleteReadingsRequest, LatestReadingsRequest, QueryReadingsRequest, ReadingPoint,
 };
-use serde::Deserialize;
+use iot_query::{AggregateParams, DeleteParams, Order, ReadingsParams};
 use serde_json::{Value, json};
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     negotiate::negotiate_request,
     routes::{devices::owned_device, pages},
     state::AppState,
-    time::{format_us, parse_duration_us, parse_opt},
+    time::format_us,
 };
 
 pub const JSON: &str = "application/json";
@@ -22,57 +22,11 @@ pub const PNG: &str = "image/png";
 pub const HTML: &str = "text/html";
 const OFFERED: &[&str] = &[JSON, CSV, PNG, HTML];
 
-pub const MAX_LIMIT: u32 = 10_000;
 /// Points drawn at most in one chart (the newest ones in the range).
 pub const CHART_POINTS: u32 = 10_000;
 
-#[derive(Debug, Deserialize)]
-pub struct ReadingsQuery {
-    pub metric: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-    /// `asc` (default) or `desc`.
-    pub order: Option<String>,
-    /// Chart size in pixels (image/png).
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    /// Overrides `Accept`: json, csv, png or html (handy for links and `<img>`).
-    pub format: Option<String>,
-}
-
 pub fn point_json(point: &ReadingPoint) -> Value {
     json!({"metric": point.metric, "ts": format_us(point.ts_us), "value": point.value})
-}
-
-struct Range {
-    metric: String,
-    from_us: i64,
-    to_us: i64,
-}
-
-fn range(metric: Option<&str>, from: Option<&str>, to: Option<&str>) -> ApiResult<Range> {
-    let metric = metric.unwrap_or("").to_string();
-    if !metric.is_empty() && !iot_payload::is_valid_metric_name(&metric) {
-        return Err(ApiError::Unprocessable("metric must match [A-Za-z0-9_.:/-]{1,64}".to_string()));
-    }
-    let from_us = parse_opt("from", from)?.unwrap_or(0);
-    let to_us = parse_opt("to", to)?.unwrap_or(0);
-    if to_us != 0 && to_us <= from_us {
-        return Err(ApiError::Unprocessable("`to` must be later than `from`".to_string()));
-    }
-    Ok(Range { metric, from_us, to_us })
-}
-
-fn format_param(format: &str) -> ApiResult<&'static str> {
-    match format {
-        "json" => Ok(JSON),
-        "csv" => Ok(CSV),
-        "png" => Ok(PNG),
-        "html" => Ok(HTML),
-        other => Err(ApiError::BadRequest(format!("format must be json, csv, png or html, got {other:?}"))),
-    }
 }
 
 pub async fn query(
@@ -80,40 +34,27 @@ pub async fn query(
     state: web::Data<AppState>,
     session: CurrentSession,
     path: web::Path<String>,
-    query: web::Query<ReadingsQuery>,
 ) -> ApiResult<HttpResponse> {
-    let query = query.into_inner();
-    // Negotiate before touching storage: a 406 should not cost a query.
-    let media = match query.format.as_deref() {
-        Some(format) => format_param(format)?,
+    // Parameters and negotiation before touching storage: a 400 or 406 should not cost a query.
+    let params = ReadingsParams::parse(req.query_string())?;
+    let media = match params.format {
+        Some(format) => format.media_type(),
         None => negotiate_request(&req, OFFERED)?,
     };
     let device = owned_device(&state, &session, &path).await?;
-    let range = range(query.metric.as_deref(), query.from.as_deref(), query.to.as_deref())?;
-    let limit = query.limit.unwrap_or(1000);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::Unprocessable(format!("limit must be between 1 and {MAX_LIMIT}")));
-    }
-    let descending = match query.order.as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(other) => return Err(ApiError::BadRequest(format!("order must be asc or desc, got {other:?}"))),
-    };
+    let (metric, from_us, to_us) = params.range.to_storage();
     let request = QueryReadingsRequest {
         device_id: device.device_id.clone(),
-        metric: range.metric.clone(),
-        from_us: range.from_us,
-        to_us: range.to_us,
-        limit,
-        cursor: query.cursor.clone().unwrap_or_default(),
-        descending,
+        metric,
+        from_us,
+        to_us,
+        limit: params.limit,
+        cursor: params.cursor.clone().unwrap_or_default(),
+        descending: params.order == Order::Desc,
     };
     let mut response = match media {
         CSV => return csv(&state, request).await,
-        PNG => {
-            let (width, height) = chart::size(query.width, query.height)?;
-            return png(&state, request, &device.name, width, height).await;
-        }
+        PNG => return png(&state, request, &device.name, params.width, params.height).await,
         _ => {
             let page = state.storage.clone().query_readings(request).await?.into_inner();
             if media == HTML {
@@ -193,38 +134,20 @@ pub async fn latest(state: web::Data<AppState>, session: CurrentSession, path: w
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct AggregateQuery {
-    pub metric: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    /// Bucket width: `30s`, `5m`, `1h`, `1d` or seconds. Default 1h.
-    pub bucket: Option<String>,
-}
-
 pub async fn aggregate(
+    req: HttpRequest,
     state: web::Data<AppState>,
     session: CurrentSession,
     path: web::Path<String>,
-    query: web::Query<AggregateQuery>,
 ) -> ApiResult<HttpResponse> {
-    let query = query.into_inner();
+    let params = AggregateParams::parse(req.query_string())?;
     let device = owned_device(&state, &session, &path).await?;
-    let range = range(query.metric.as_deref(), query.from.as_deref(), query.to.as_deref())?;
-    if range.metric.is_empty() {
-        return Err(ApiError::Unprocessable("`metric` is required".to_string()));
-    }
-    let bucket_us = parse_duration_us("bucket", query.bucket.as_deref().unwrap_or("1h"))?;
+    let (metric, from_us, to_us) = params.range().to_storage();
+    let bucket_us = params.bucket_us;
     let response = state
         .storage
         .clone()
-        .aggregate_readings(AggregateReadingsRequest {
-            device_id: device.device_id.clone(),
-            metric: range.metric.clone(),
-            from_us: range.from_us,
-            to_us: range.to_us,
-            bucket_us,
-        })
+        .aggregate_readings(AggregateReadingsRequest { device_id: device.device_id.clone(), metric, from_us, to_us, bucket_us })
         .await?
         .into_inner();
     let buckets: Vec<Value> = response
@@ -234,37 +157,30 @@ pub async fn aggregate(
         .collect();
     Ok(HttpResponse::Ok().json(json!({
         "device_id": device.device_id,
-        "metric": range.metric,
+        "metric": params.metric,
         "bucket_seconds": bucket_us as f64 / 1e6,
         "buckets": buckets,
     })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct DeleteQuery {
-    pub metric: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-}
-
 pub async fn delete(
+    req: HttpRequest,
     state: web::Data<AppState>,
     session: CurrentSession,
     path: web::Path<String>,
-    query: web::Query<DeleteQuery>,
 ) -> ApiResult<HttpResponse> {
-    let query = query.into_inner();
+    let params = DeleteParams::parse(req.query_string())?;
     let device = owned_device(&state, &session, &path).await?;
-    let range = range(query.metric.as_deref(), query.from.as_deref(), query.to.as_deref())?;
+    let (metric, from_us, to_us) = params.range.to_storage();
     let response = state
         .storage
         .clone()
         .delete_readings(DeleteReadingsRequest {
             device_id: device.device_id.clone(),
-            metric: range.metric,
-            from_us: range.from_us,
+            metric,
+            from_us,
             // Without `to`, everything from `from` on.
-            to_us: if range.to_us == 0 { i64::MAX } else { range.to_us },
+            to_us: if to_us == 0 { i64::MAX } else { to_us },
         })
         .await?
         .into_inner();
