@@ -8,13 +8,13 @@
 # Steps: dependencies (scripts/lib/deps.sh: the machine's MariaDB/Redis if they answer,
 # otherwise private instances under .local/), the Mosquitto configuration check, one
 # `cargo build --workspace --all-targets`, the tests (cargo nextest, or cargo test when
-# nextest is unavailable), doc tests, with IOT_CLIPPY=1 `cargo clippy` (deny-level lints
-# only, so that `unwrap_used = "deny"` is enforced; ordinary warnings are printed, not
+# nextest is unavailable), doc tests, the short fuzz run (scripts/fuzz.sh), with
+# IOT_CLIPPY=1 `cargo clippy` (deny-level lints only, so that `unwrap_used = "deny"` is enforced; ordinary warnings are printed, not
 # fatal), and the Helm chart check when scripts/helm-check.sh exists. Every step runs even when an earlier
 # test step failed; the exit status is non-zero if any step failed.
 #
 # Environment: CI=true (Cargo.lock must be up to date: --locked; private instances this
-# run started are stopped at the end), IOT_CLIPPY=1, IOT_SKIP_HELM=1,
+# run started are stopped at the end), IOT_CLIPPY=1, IOT_SKIP_HELM=1, IOT_SKIP_FUZZ=1, FUZZ_SECONDS,
 # IOT_TEST_TIMEOUT (seconds for the test step, default 1200), NEXTEST_TEST_THREADS,
 # CARGO_TARGET_DIR, and the knobs of scripts/lib/deps.sh.
 set -euo pipefail
@@ -136,6 +136,15 @@ if [[ "$IOT_TEST_RUNNER" == nextest && ${#runner_args[@]} -eq 0 ]]; then
         cat "$doc_log"
         record doctests FAILED $((SECONDS - t))
     fi
+fi
+
+# Fuzzing, short form: build the cargo-fuzz targets in fuzz/ and run each for a few seconds
+# (scripts/fuzz.sh; a crash or a violated property fails the step). About 70 s on a warm
+# machine, about 2 minutes from a fresh clone (cargo-fuzz install and the fuzz build).
+if [[ -z "${IOT_SKIP_FUZZ:-}" && -x scripts/fuzz.sh && ${#runner_args[@]} -eq 0 ]]; then
+    step "scripts/fuzz.sh (${FUZZ_SECONDS:-10} s per target)"
+    t=$SECONDS
+    if scripts/fuzz.sh; then record fuzz ok $((SECONDS - t)); else record fuzz FAILED $((SECONDS - t)); fi
 fi
 
 # clippy checks every dependency again (metadata builds are not shared with `cargo build`):

@@ -38,6 +38,10 @@
 //! or later than `received_at + limits.max_future_us` (a device clock far in the future would
 //! otherwise write rows nobody can overwrite).
 //!
+//! # Numbers
+//! Parsed to the nearest f64 (serde_json's `float_roundtrip`), so that a value written back
+//! with Rust's shortest representation parses to the same reading.
+//!
 //! # Non-finite numbers
 //! JSON has no NaN/Infinity; `NaN`, `Infinity` literals and numbers whose exponent overflows an
 //! f64 (`1e400`) are reported as `non_finite` rather than `malformed_json` so that the counter

@@ -153,6 +153,18 @@ fn non_finite() {
     assert_eq!(ok(r#"{"metrics":{"a":1e-400}}"#).readings[0].value, 0.0);
 }
 
+/// Regression (fuzz/ payload_json): serde_json's default float parser returned
+/// 1.9999999999999998e-30 for `2e-030`, one ulp from the nearest double.
+#[test]
+fn numbers_parse_to_the_nearest_double() {
+    assert_eq!(ok(r#"{"metrics":{"tM":2e-030},"seq":7}"#).readings[0].value, 2e-30);
+    assert_eq!(ok(r#"[{"n":"a","v":2e-30}]"#).readings[0].value, 2e-30);
+    for v in [2e-30, 0.1, 1.0 / 3.0, 123_456.789e-12, f64::MIN_POSITIVE, 1.7976931348623157e308] {
+        let payload = serde_json::json!({"metrics": {"a": v}}).to_string();
+        assert_eq!(ok(&payload).readings[0].value, v, "{payload}");
+    }
+}
+
 #[test]
 fn size_limits() {
     let limits = Limits { max_payload_bytes: 32, max_readings: 2, ..Limits::default() };

@@ -7,7 +7,7 @@
 //! | parameter | accepted | default |
 //! |---|---|---|
 //! | `metric` | `[A-Za-z0-9_.:/-]{1,64}`; empty means none | none (all metrics) |
-//! | `from`, `to` | RFC 3339 or epoch milliseconds; `to` later than `from` | unbounded |
+//! | `from`, `to` | RFC 3339 or epoch milliseconds, 1970-01-01 ..= 9999-12-31; `to` later than `from` | unbounded |
 //! | `limit` | 1..=[`MAX_LIMIT`] | 1000 |
 //! | `cursor` | opaque `next_cursor` of the previous page; empty means none | none |
 //! | `order` | `asc`, `desc` | `asc` |
@@ -133,8 +133,11 @@ impl Range {
         }
         let from_us = time::parse_opt("from", from)?;
         let to_us = time::parse_opt("to", to)?;
-        let (from, to) = (from_us.unwrap_or(0), to_us.unwrap_or(0));
-        if to != 0 && to <= from {
+        // `to` is checked whenever it is given: storage reads a 0 as "no upper bound", so
+        // `to=0` used to return everything (found by fuzz/ query_params).
+        if let Some(to) = to_us
+            && to <= from_us.unwrap_or(time::MIN_TIME_US)
+        {
             return Err(QueryError::Invalid(
                 "`to` must be later than `from`".to_string(),
             ));

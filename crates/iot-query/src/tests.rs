@@ -27,6 +27,30 @@ fn times_are_rfc3339_or_epoch_ms() {
     );
 }
 
+/// Regressions found by fuzz/ query_values and query_params.
+#[test]
+fn times_stay_within_what_rfc3339_can_write() {
+    // Year 223791: accepted before, and formatted as "+223791-03-23T06:36:40.001Z".
+    assert!(matches!(parse_time("from", "7000001707000001"), Err(QueryError::Invalid(_))));
+    assert!(matches!(parse_time("from", "-1"), Err(QueryError::Invalid(_))));
+    assert!(matches!(parse_time("from", "1969-12-31T23:59:59Z"), Err(QueryError::Invalid(_))));
+    assert!(matches!(parse_time("from", "0000-01-01T00:00:00+01:00"), Err(QueryError::Invalid(_))));
+    assert!(matches!(parse_time("from", "9223372036854775807"), Err(QueryError::Invalid(_))));
+    let last = parse_time("to", "9999-12-31T23:59:59.999999Z").unwrap();
+    assert_eq!(last, time::MAX_TIME_US);
+    assert_eq!(parse_time("to", &format_time(last)), Ok(last));
+    assert_eq!(parse_time("from", "0"), Ok(0));
+    // `to=00` after `from` used to pass (0 was "unset") and reached storage as "no upper bound".
+    let found = "metmp&from=1700000000000&%3;c(d&x=%Z\u{10}\0tometric=000000000000000&to=00&%3;c(d&x=0800000&to52023-11-14T22)=%02:";
+    assert!(matches!(ReadingsParams::parse(found), Err(QueryError::Invalid(_))));
+    for query in ["to=0", "from=1700000000000&to=00", "to=1970-01-01T00:00:00Z"] {
+        assert!(matches!(ReadingsParams::parse(query), Err(QueryError::Invalid(_))), "{query}");
+        assert!(matches!(DeleteParams::parse(query), Err(QueryError::Invalid(_))), "{query}");
+    }
+    let range = ReadingsParams::parse("to=1").unwrap().range;
+    assert_eq!(range.to_storage(), (String::new(), 0, 1000));
+}
+
 #[test]
 fn buckets() {
     assert_eq!(parse_bucket("bucket", "5m").unwrap(), 300_000_000);

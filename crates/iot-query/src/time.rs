@@ -5,22 +5,36 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::{QueryError, Result};
 
-/// Parses `value` as RFC 3339 (`2026-01-02T03:04:05Z`) or epoch milliseconds (`1767323045000`);
-/// `name` is the parameter, for the error message.
+/// 1970-01-01T00:00:00Z: readings are never older (storage refuses them).
+pub const MIN_TIME_US: i64 = 0;
+/// 9999-12-31T23:59:59.999999Z: the last instant RFC 3339 (four-digit years) can write, so
+/// every accepted time can be given back as RFC 3339. Found by fuzz/ query_values: epoch
+/// milliseconds `7000001707000001` were accepted and formatted as `+223791-03-23...`, which
+/// nothing parses.
+pub const MAX_TIME_US: i64 = 253_402_300_799_999_999;
+
+/// Parses `value` as RFC 3339 (`2026-01-02T03:04:05Z`) or epoch milliseconds (`1767323045000`)
+/// within [`MIN_TIME_US`]..=[`MAX_TIME_US`]; `name` is the parameter, for the error message.
 pub fn parse_time(name: &str, value: &str) -> Result<i64> {
     let value = value.trim();
-    if let Ok(ms) = value.parse::<i64>() {
-        return ms
-            .checked_mul(1000)
-            .ok_or_else(|| QueryError::Malformed(format!("`{name}` is out of range")));
+    let us = if let Ok(ms) = value.parse::<i64>() {
+        ms.checked_mul(1000)
+            .ok_or_else(|| QueryError::Invalid(format!("`{name}` is out of range")))?
+    } else {
+        DateTime::parse_from_rfc3339(value)
+            .map(|t| t.with_timezone(&Utc).timestamp_micros())
+            .map_err(|_| {
+                QueryError::Malformed(format!(
+                    "`{name}` must be an RFC 3339 timestamp or epoch milliseconds, got {value:?}"
+                ))
+            })?
+    };
+    if !(MIN_TIME_US..=MAX_TIME_US).contains(&us) {
+        return Err(QueryError::Invalid(format!(
+            "`{name}` must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z"
+        )));
     }
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc).timestamp_micros())
-        .map_err(|_| {
-            QueryError::Malformed(format!(
-                "`{name}` must be an RFC 3339 timestamp or epoch milliseconds, got {value:?}"
-            ))
-        })
+    Ok(us)
 }
 
 /// As [`parse_time`]; absent or empty is `None`.
