@@ -1,6 +1,7 @@
 //! Shared service plumbing. A service's `main.rs` wires its config into these pieces
 //! and its own server; nothing here knows about a particular service.
 
+pub mod duration;
 pub mod grpc;
 pub mod logging;
 pub mod ops;

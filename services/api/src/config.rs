@@ -1,6 +1,6 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use iot_runtime::logging::LogFormat;
+use iot_runtime::{duration::parse_duration, logging::LogFormat};
 
 /// When the `sid` cookie gets the `Secure` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -12,7 +12,11 @@ pub enum CookieSecure {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "iot-api", about = "IoT telemetry api service: REST, HTML pages, charts, live stream")]
+#[command(
+    name = "iot-api",
+    about = "IoT telemetry api service: REST, HTML pages, charts, live stream",
+    after_help = "Durations are a number with a unit: ms, s, m, h or d (e.g. 500ms, 90s, 15m); a bare number means seconds."
+)]
 pub struct Config {
     /// Address the HTTP server listens on.
     #[arg(long, env = "API_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
@@ -49,6 +53,23 @@ pub struct Config {
     /// Largest accepted request body.
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// The head (request line and headers) of a connection's first request must arrive within
+    /// this, or the api answers 408 and closes the connection (slowloris). actix applies it to
+    /// the first request of a connection only; later ones are bounded by --keep-alive only
+    /// until their first byte (see services/api/README.md).
+    #[arg(long, env = "API_CLIENT_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub client_request_timeout: Duration,
+    /// A request body must have arrived completely this long after its head, or the api
+    /// answers 408 and closes the connection (slow uploads).
+    #[arg(long, env = "API_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// When the api closes a connection, how long the client has to close its side before the
+    /// socket is dropped.
+    #[arg(long, env = "API_CLIENT_DISCONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub client_disconnect_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    #[arg(long, env = "API_KEEP_ALIVE", default_value = "75s", value_parser = parse_duration)]
+    pub keep_alive: Duration,
     /// HTTP worker threads (0 = one per CPU).
     #[arg(long, env = "API_WORKERS", default_value_t = 0)]
     pub workers: usize,

@@ -3,7 +3,7 @@
 
 use actix_web::{
     HttpResponse, ResponseError,
-    error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError},
+    error::{JsonPayloadError, PathError, PayloadError, QueryPayloadError, UrlencodedError},
     http::{StatusCode, header},
 };
 use serde_json::json;
@@ -30,6 +30,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(std::time::Duration),
     #[error("a backend service is unavailable: {0}")]
     Unavailable(String),
     #[error("a backend service did not answer in time")]
@@ -51,6 +53,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::Unavailable(_) => "unavailable",
             Self::Timeout => "timeout",
             Self::Unexpected(_) => "internal",
@@ -82,6 +85,7 @@ impl From<JsonPayloadError> for ApiError {
             JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
                 Self::PayloadTooLarge(limit)
             }
+            JsonPayloadError::Payload(error) if let Some(limit) = body_timed_out(&error) => Self::RequestTimeout(limit),
             JsonPayloadError::ContentType => {
                 Self::UnsupportedMediaType("the request body must be application/json".to_string())
             }
@@ -95,11 +99,22 @@ impl From<UrlencodedError> for ApiError {
     fn from(error: UrlencodedError) -> Self {
         match error {
             UrlencodedError::Overflow { limit, .. } => Self::PayloadTooLarge(limit),
+            UrlencodedError::Payload(error) if let Some(limit) = body_timed_out(&error) => Self::RequestTimeout(limit),
             UrlencodedError::ContentType => Self::UnsupportedMediaType(
                 "the request body must be application/x-www-form-urlencoded".to_string(),
             ),
             other => Self::BadRequest(other.to_string()),
         }
+    }
+}
+
+/// The limit, when `error` is the body deadline of `middleware::body_deadline`.
+fn body_timed_out(error: &PayloadError) -> Option<std::time::Duration> {
+    match error {
+        PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            io.get_ref().and_then(|inner| inner.downcast_ref::<crate::middleware::BodyTimedOut>()).map(|t| t.0)
+        }
+        _ => None,
     }
 }
 
@@ -137,6 +152,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +174,11 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut response = HttpResponse::build(status);
+        if matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
+            // The rest of the body (slow, or too large to read) may still be on its way: the
+            // connection cannot be reused, and waiting for that rest would let a client hold it.
+            response.force_close();
+        }
         if status == StatusCode::UNAUTHORIZED {
             // No standard scheme for cookie auth; tells clients where to get one.
             response.insert_header((header::WWW_AUTHENTICATE, "Cookie realm=\"iot\", form-action=\"/api/v1/sessions\""));

@@ -95,6 +95,7 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(|error, _| ApiError::from(error).into()))
                 .app_data(web::PayloadConfig::new(max_body))
                 .wrap(from_fn(middleware::csrf))
+                .wrap(from_fn(middleware::body_deadline))
                 .wrap(from_fn(middleware::json_accept))
                 .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, middleware::method_not_allowed))
                 .wrap(Compress::default())
@@ -106,7 +107,9 @@ impl Application {
         .disable_signals()
         // Long-lived streams end on shutdown themselves; this bounds everything else.
         .shutdown_timeout(10)
-        .keep_alive(Duration::from_secs(75));
+        .keep_alive(config.keep_alive)
+        .client_request_timeout(config.client_request_timeout)
+        .client_disconnect_timeout(config.client_disconnect_timeout);
         if config.workers > 0 {
             server = server.workers(config.workers);
         }

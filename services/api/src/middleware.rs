@@ -1,12 +1,19 @@
 //! Cross-cutting request handling: metrics, CSRF refusal, `Accept` checks for JSON routes,
 //! and JSON bodies for actix's own 404/405.
 
-use std::time::Instant;
+use std::{
+    cell::RefCell,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use actix_web::{
-    Error, HttpRequest, HttpResponse, ResponseError,
-    body::MessageBody,
-    dev::{ServiceRequest, ServiceResponse},
+    Error, HttpMessage, HttpRequest, HttpResponse, ResponseError,
+    body::{BoxBody, EitherBody, MessageBody},
+    dev::{Payload, ServiceRequest, ServiceResponse},
+    error::PayloadError,
     http::header,
     middleware::{ErrorHandlerResponse, Next},
     web,
@@ -83,4 +90,93 @@ pub fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<Error
     let (req, _) = res.into_parts();
     let response = ApiError::MethodNotAllowed.error_response();
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+}
+
+/// The error a body stream yields at its deadline (`ApiError::RequestTimeout`, 408).
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within {0:?}")]
+pub struct BodyTimedOut(pub Duration);
+
+/// The receiving end of a request body, shared between the handler's stream and the response.
+type SharedPayload = Rc<RefCell<Payload>>;
+
+/// A request body that ends with [`BodyTimedOut`] once its deadline has passed.
+struct DeadlineBody {
+    inner: SharedPayload,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    expired: bool,
+}
+
+impl futures::Stream for DeadlineBody {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.expired {
+            return Poll::Ready(None);
+        }
+        // Data already here wins over the timer; the timer wins over waiting for more.
+        let polled = Pin::new(&mut *self.inner.borrow_mut()).poll_next(cx);
+        if let Poll::Ready(item) = polled {
+            return Poll::Ready(item);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.expired = true;
+            let error = std::io::Error::new(std::io::ErrorKind::TimedOut, BodyTimedOut(self.limit));
+            return Poll::Ready(Some(Err(PayloadError::Io(error))));
+        }
+        Poll::Pending
+    }
+}
+
+/// A response body that keeps the request body's receiving end alive until it has been sent.
+///
+/// actix drains a chunked request body the handler did not read (after a 401, 413 or 408)
+/// before it reads the next request or closes, with no time limit: a client could keep
+/// trickling chunks and hold the connection. While the receiving end is alive, actix closes
+/// the connection after the response instead (bounded by --client-disconnect-timeout).
+struct HoldPayload {
+    body: BoxBody,
+    _payload: SharedPayload,
+}
+
+impl MessageBody for HoldPayload {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// Bounds the time a request body may take to arrive (`--body-timeout`): actix's own
+/// `client_request_timeout` covers only the head, and a body trickled byte by byte would
+/// otherwise hold the connection (and the extractor waiting for it) indefinitely.
+pub async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    let limit = req.app_data::<web::Data<AppState>>().map(|state| state.config.body_timeout);
+    let mut held = None;
+    if let (true, Some(limit)) = (has_body, limit) {
+        let inner: SharedPayload = Rc::new(RefCell::new(req.take_payload()));
+        held = Some(inner.clone());
+        let body = DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit, expired: false };
+        let stream: Pin<Box<dyn futures::Stream<Item = Result<web::Bytes, PayloadError>>>> = Box::pin(body);
+        req.set_payload(Payload::from(stream));
+    }
+    let response = next.call(req).await?;
+    Ok(response.map_body(|_, body| match held {
+        Some(payload) => EitherBody::right(HoldPayload { body: body.boxed(), _payload: payload }),
+        None => EitherBody::left(body),
+    }))
 }

@@ -70,6 +70,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// As `spawn_app`, with extra environment for the session service (e.g. short expiries).
 pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
+    spawn_app_configured(session_env, |_| {}).await
+}
+
+/// As `spawn_app_with`, with changes to the api's configuration (e.g. short timeouts).
+pub async fn spawn_app_configured(session_env: &[(&str, &str)], configure: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let db = TestDatabase::create().await;
     let broker = Mosquitto::start("allow_anonymous true").await;
@@ -91,7 +96,7 @@ pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
     })
     .await;
 
-    let config = Config {
+    let mut config = Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         storage_url: format!("http://{storage_addr}"),
@@ -105,9 +110,14 @@ pub async fn spawn_app_with(session_env: &[(&str, &str)]) -> TestApp {
         public_mqtt_port: 8883,
         cookie_secure: CookieSecure::Auto,
         max_body_bytes: 16 * 1024,
+        client_request_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(10),
+        client_disconnect_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_secs(75),
         workers: 2,
         log_format: LogFormat::Text,
     };
+    configure(&mut config);
     let shutdown = CancellationToken::new();
     let app = Application::build(config.clone(), shutdown.clone()).await.unwrap();
     let addr = app.local_addr;

@@ -7,6 +7,7 @@ mod browser;
 mod devices;
 mod errors;
 mod helpers;
+mod hostile_input;
 mod live;
 mod pages;
 mod readings;
