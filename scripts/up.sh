@@ -36,7 +36,7 @@ for arg in "$@"; do
     --no-sim) sim=0 ;;
     --check) check=1 ;;
     -h | --help)
-        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
