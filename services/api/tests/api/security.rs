@@ -154,6 +154,15 @@ impl SecureStack {
         .await;
     }
 
+    /// A counter or gauge from ingest's /metrics (0 when absent).
+    async fn ingest_metric(&self, name: &str) -> f64 {
+        let text = bare_client().get(format!("{}/metrics", self.ingest_ops)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.api_base, path)
     }
@@ -373,6 +382,8 @@ async fn devices_get_their_own_topic_only_and_rotated_or_deleted_credentials_sto
     })
     .await;
     assert_eq!(stack.readings_of(&b).await, 0, "a reading forged by device a for device b was stored");
+    // Ingest itself saw one PUBLISH: the forged one never reached it.
+    assert_eq!(stack.ingest_metric("ingest_messages_received_total").await, 1.0, "ingest received the forged message");
     assert_eq!(watcher.next_publish(Duration::from_millis(300)).await, None, "forged message delivered late");
 
     // Device b works with its own login; subscriptions: own commands only.
