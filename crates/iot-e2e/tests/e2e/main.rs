@@ -2,6 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod stack;
 mod metrics;
+mod stack;
 mod traces;

@@ -25,6 +25,9 @@ use rumqttc::v5::{
     },
 };
 
+/// An MQTT message to publish: topic, payload, user properties.
+pub type Message = (String, Vec<u8>, Vec<(String, String)>);
+
 /// Which services to start besides storage.
 #[derive(Clone, Copy, Default)]
 pub struct Services {
@@ -109,7 +112,11 @@ async fn start_listening(mut spawn: impl FnMut(SocketAddr, SocketAddr) -> Child)
         if wait_for_child_port(&mut child, addr, Duration::from_secs(60)).await
             && wait_for_child_port(&mut child, ops, Duration::from_secs(10)).await
         {
-            return Service { addr: Some(addr), ops, child: ChildGuard(Some(child)) };
+            return Service {
+                addr: Some(addr),
+                ops,
+                child: ChildGuard(Some(child)),
+            };
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -120,13 +127,17 @@ async fn start_listening(mut spawn: impl FnMut(SocketAddr, SocketAddr) -> Child)
 
 async fn wait_ready(service: &Service, what: &str) {
     let url = format!("http://{}/readyz", service.ops);
-    eventually(&format!("{what} /readyz answers 200"), Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let response = reqwest::get(&url).await.ok()?;
-            response.status().is_success().then_some(())
-        }
-    })
+    eventually(
+        &format!("{what} /readyz answers 200"),
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let response = reqwest::get(&url).await.ok()?;
+                response.status().is_success().then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -185,7 +196,10 @@ impl Stack {
                 let mut child = command("iot-ingest", &receiver, dir.path())
                     .env("INGEST_MQTT_HOST", "127.0.0.1")
                     .env("INGEST_MQTT_PORT", broker.port.to_string())
-                    .env("INGEST_CLIENT_ID", format!("ingest-e2e-{}", unique_suffix()))
+                    .env(
+                        "INGEST_CLIENT_ID",
+                        format!("ingest-e2e-{}", unique_suffix()),
+                    )
                     .env("INGEST_STORAGE_URL", &storage_url)
                     .env("INGEST_METRICS_ADDR", ops.to_string())
                     // Messages published together end up in one batch.
@@ -193,7 +207,11 @@ impl Stack {
                     .spawn()
                     .unwrap();
                 if wait_for_child_port(&mut child, ops, Duration::from_secs(60)).await {
-                    service = Some(Service { addr: None, ops, child: ChildGuard(Some(child)) });
+                    service = Some(Service {
+                        addr: None,
+                        ops,
+                        child: ChildGuard(Some(child)),
+                    });
                     break;
                 }
                 let _ = child.kill();
@@ -206,7 +224,16 @@ impl Stack {
         } else {
             None
         };
-        Self { receiver, broker, storage, session, api, ingest, db, dir }
+        Self {
+            receiver,
+            broker,
+            storage,
+            session,
+            api,
+            ingest,
+            db,
+            dir,
+        }
     }
 
     /// A workspace binary with the stack's tracing environment (e.g. the simulator).
@@ -221,12 +248,17 @@ impl Stack {
     }
 
     pub fn api_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.api.as_ref().expect("api started").addr.unwrap())
+        format!(
+            "http://{}{path}",
+            self.api.as_ref().expect("api started").addr.unwrap()
+        )
     }
 
     /// Creates a user and these devices straight in storage (no trace context).
     pub async fn register_devices(&self, devices: &[&str]) {
-        let mut storage = StorageServiceClient::connect(self.storage_url()).await.unwrap();
+        let mut storage = StorageServiceClient::connect(self.storage_url())
+            .await
+            .unwrap();
         let user = storage
             .create_user(CreateUserRequest {
                 username: format!("owner{}", unique_suffix()),
@@ -252,14 +284,27 @@ impl Stack {
 
     /// Publishes `(topic, payload, user properties)` with MQTT v5 at QoS 1 and returns once the
     /// broker has acknowledged every one.
-    pub async fn publish(&self, messages: &[(String, Vec<u8>, Vec<(String, String)>)]) {
-        let mut options = MqttOptions::new(format!("device-{}", unique_suffix()), "127.0.0.1", self.broker.port);
+    pub async fn publish(&self, messages: &[Message]) {
+        let mut options = MqttOptions::new(
+            format!("device-{}", unique_suffix()),
+            "127.0.0.1",
+            self.broker.port,
+        );
         options.set_keep_alive(Duration::from_secs(10));
         let (client, mut eventloop) = AsyncClient::new(options, messages.len() + 10);
         for (topic, payload, properties) in messages {
-            let properties = PublishProperties { user_properties: properties.clone(), ..Default::default() };
+            let properties = PublishProperties {
+                user_properties: properties.clone(),
+                ..Default::default()
+            };
             client
-                .publish_with_properties(topic.clone(), QoS::AtLeastOnce, false, payload.clone(), properties)
+                .publish_with_properties(
+                    topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                    properties,
+                )
                 .await
                 .unwrap();
         }
@@ -275,7 +320,10 @@ impl Stack {
             }
         })
         .await;
-        assert!(acked.is_ok(), "the broker did not acknowledge {expected} publishes");
+        assert!(
+            acked.is_ok(),
+            "the broker did not acknowledge {expected} publishes"
+        );
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
     }
@@ -283,16 +331,35 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for service in [Some(&mut self.storage), self.session.as_mut(), self.api.as_mut(), self.ingest.as_mut()]
-            .into_iter()
-            .flatten()
+        for service in [
+            Some(&mut self.storage),
+            self.session.as_mut(),
+            self.api.as_mut(),
+            self.ingest.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             service.child.kill();
         }
         if std::thread::panicking() {
-            for name in ["iot-storage.log", "iot-session.log", "iot-api.log", "iot-ingest.log"] {
-                let Ok(log) = std::fs::read_to_string(self.dir.path().join(name)) else { continue };
-                let tail: String = log.chars().rev().take(3000).collect::<String>().chars().rev().collect();
+            for name in [
+                "iot-storage.log",
+                "iot-session.log",
+                "iot-api.log",
+                "iot-ingest.log",
+            ] {
+                let Ok(log) = std::fs::read_to_string(self.dir.path().join(name)) else {
+                    continue;
+                };
+                let tail: String = log
+                    .chars()
+                    .rev()
+                    .take(3000)
+                    .collect::<String>()
+                    .chars()
+                    .rev()
+                    .collect();
                 eprintln!("--- {name} (tail) ---\n{tail}");
             }
         }
@@ -301,7 +368,9 @@ impl Drop for Stack {
 
 /// `name{a="b",c="d"}` -> (`name`, {a: b, c: d}).
 fn split_sample(key: &str) -> (&str, BTreeMap<&str, &str>) {
-    let Some((name, rest)) = key.split_once('{') else { return (key, BTreeMap::new()) };
+    let Some((name, rest)) = key.split_once('{') else {
+        return (key, BTreeMap::new());
+    };
     let labels = rest
         .trim_end_matches('}')
         .split("\",")
@@ -325,7 +394,11 @@ pub fn sample(metrics: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str
 
 /// The sum of every sample of `name`, whatever its labels.
 pub fn total(metrics: &BTreeMap<String, f64>, name: &str) -> f64 {
-    metrics.iter().filter(|(key, _)| split_sample(key).0 == name).map(|(_, value)| value).sum()
+    metrics
+        .iter()
+        .filter(|(key, _)| split_sample(key).0 == name)
+        .map(|(_, value)| value)
+        .sum()
 }
 
 /// Metric family names present in a scrape (`_bucket`/`_sum`/`_count` folded into the histogram).
@@ -334,7 +407,11 @@ pub fn families(metrics: &BTreeMap<String, f64>) -> std::collections::BTreeSet<S
         .keys()
         .map(|key| {
             let name = split_sample(key).0;
-            ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name).to_string()
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name)
+                .to_string()
         })
         .collect()
 }

@@ -49,7 +49,9 @@ async fn calls_export_server_spans_with_one_database_span_per_statement() {
         .unwrap();
     let mut child = ChildGuard(Some(child));
     let grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc_port));
-    child.wait_listening(grpc_addr, Duration::from_secs(30)).await;
+    child
+        .wait_listening(grpc_addr, Duration::from_secs(30))
+        .await;
     let mut client = connect(grpc_addr).await;
 
     let (trace_id, parent_id) = random_parent();
@@ -87,7 +89,12 @@ async fn calls_export_server_spans_with_one_database_span_per_statement() {
     client
         .write_readings(traced(
             pb::WriteReadingsRequest {
-                readings: vec![reading(&device_id, "temperature", 1_767_225_600_000_000, value)],
+                readings: vec![reading(
+                    &device_id,
+                    "temperature",
+                    1_767_225_600_000_000,
+                    value,
+                )],
             },
             &parent,
         ))
@@ -149,7 +156,11 @@ async fn calls_export_server_spans_with_one_database_span_per_statement() {
     for span in &spans {
         assert_eq!(span.service_name, "iot-storage", "{all}");
         if span.kind == CollectedSpan::KIND_SERVER {
-            assert_eq!(span.parent_span_id.as_deref(), Some(parent_id.as_str()), "{all}");
+            assert_eq!(
+                span.parent_span_id.as_deref(),
+                Some(parent_id.as_str()),
+                "{all}"
+            );
             assert_eq!(span.attr("rpc.system"), Some("grpc"));
         }
     }
@@ -168,8 +179,16 @@ async fn calls_export_server_spans_with_one_database_span_per_statement() {
     assert_eq!(insert.attr("db.collection.name"), Some("readings"));
     assert_eq!(insert.attr("db.query.summary"), Some("INSERT readings"));
     assert_eq!(insert.attr("db.namespace"), Some(db.name.as_str()));
-    assert!(insert.attr("server.address").is_some_and(|a| !a.is_empty()), "{all}");
-    assert!(insert.attr("server.port").is_some_and(|p| p.parse::<u16>().is_ok()), "{all}");
+    assert!(
+        insert.attr("server.address").is_some_and(|a| !a.is_empty()),
+        "{all}"
+    );
+    assert!(
+        insert
+            .attr("server.port")
+            .is_some_and(|p| p.parse::<u16>().is_ok()),
+        "{all}"
+    );
     assert_eq!(insert.status_code, 0, "{all}");
     assert!(insert.start_time_unix_nano >= write[0].start_time_unix_nano);
     assert!(insert.end_time_unix_nano <= write[0].end_time_unix_nano);
