@@ -280,8 +280,9 @@ async fn a_device_message_is_followed_through_ingest_and_storage_under_the_devic
     };
     stack
         .publish(&[
-            message(1_767_225_600_000, true),
-            message(1_767_225_600_001, false),
+            // The traced message in the middle: the batch must pick it, not the first one.
+            message(1_767_225_600_000, false),
+            message(1_767_225_600_001, true),
             message(1_767_225_600_002, false),
         ])
         .await;
