@@ -169,6 +169,24 @@ pub async fn pk(conn: &mut AsyncMysqlConnection, device_id: &str) -> Result<u64>
         .ok_or_else(|| StorageError::NotFound(format!("device {device_id:?} not found")))
 }
 
+/// The internal key of a device that exists and, with `owner`, belongs to that owner;
+/// NOT_FOUND otherwise (another owner's device looks exactly like a missing one).
+pub async fn pk_of_owner(
+    conn: &mut AsyncMysqlConnection,
+    device_id: &str,
+    owner: Option<u64>,
+) -> Result<u64> {
+    devices::table
+        .filter(devices::device_id.eq(device_id))
+        .select((devices::id, devices::owner_id))
+        .first::<(u64, u64)>(conn)
+        .await
+        .optional()?
+        .filter(|&(_, owner_id)| owner.is_none_or(|owner| owner == owner_id))
+        .map(|(pk, _)| pk)
+        .ok_or_else(|| StorageError::NotFound(format!("device {device_id:?} not found")))
+}
+
 /// Ids per lookup query: one query for any realistic batch, and far below the server's limit
 /// of 65 535 placeholders for the largest one.
 const LOOKUP_CHUNK: usize = 5_000;

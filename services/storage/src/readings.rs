@@ -177,14 +177,24 @@ pub async fn write(
     })
 }
 
-#[derive(Debug, Clone, PartialEq, QueryableByName)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Point {
-    #[diesel(sql_type = Varchar)]
     pub metric: String,
-    #[diesel(sql_type = BigInt)]
     pub ts_us: i64,
-    #[diesel(sql_type = Double)]
     pub value: f64,
+}
+
+/// SQL type of a `SELECT metric, ts_us, value` row, loaded by position.
+type PointRow = (Varchar, BigInt, Double);
+
+impl From<(String, i64, f64)> for Point {
+    fn from((metric, ts_us, value): (String, i64, f64)) -> Self {
+        Self {
+            metric,
+            ts_us,
+            value,
+        }
+    }
 }
 
 /// Position after which the next page starts, in the page's order: (ts_us, metric).
@@ -253,29 +263,38 @@ pub struct Selection {
     pub descending: bool,
 }
 
-/// The device's key and the metrics it has reported, or `None` when it has none (or does not
-/// exist). One short primary-key range of `device_metrics`.
-pub async fn metrics_of(
+/// The device's key and the metrics it has reported (sorted), in one statement: the device row
+/// left-joined to its short primary-key range of `device_metrics`. NOT_FOUND when the device
+/// does not exist or, with `owner`, belongs to another owner: the same answer for both, so a
+/// caller learns nothing about other owners' devices. The owner is compared here rather than in
+/// SQL so that every caller shares one prepared statement.
+pub async fn readable_device(
     conn: &mut AsyncMysqlConnection,
     device_id: &str,
-) -> Result<Option<(u64, Vec<String>)>> {
+    owner: Option<u64>,
+) -> Result<(u64, Vec<String>)> {
     use diesel::NullableExpressionMethods as _;
     // Query builder rather than SQL text, so the prepared statement is reused per connection.
-    let rows: Vec<(u64, String)> = device_metrics::table
-        .filter(
-            device_metrics::device_pk.nullable().eq(devices_table::table
-                .filter(devices_table::device_id.eq(device_id))
-                .select(devices_table::id)
-                .single_value()),
-        )
-        .select((device_metrics::device_pk, device_metrics::metric))
-        .order(device_metrics::metric.asc())
+    let rows: Vec<(u64, u64, Option<String>)> = devices_table::table
+        .left_join(device_metrics::table)
+        .filter(devices_table::device_id.eq(device_id))
+        .select((
+            devices_table::id,
+            devices_table::owner_id,
+            device_metrics::metric.nullable(),
+        ))
+        .order(device_metrics::metric.nullable().asc())
         .load(conn)
         .await?;
-    let Some(pk) = <[(u64, String)]>::first(&rows).map(|r| r.0) else {
-        return Ok(None);
+    let found = <[(u64, u64, Option<String>)]>::first(&rows)
+        .map(|&(pk, owner_id, _)| (pk, owner_id))
+        .filter(|&(_, owner_id)| owner.is_none_or(|owner| owner == owner_id));
+    let Some((pk, _)) = found else {
+        return Err(StorageError::not_found(format!(
+            "device {device_id:?} not found"
+        )));
     };
-    Ok(Some((pk, rows.into_iter().map(|r| r.1).collect())))
+    Ok((pk, rows.into_iter().filter_map(|r| r.2).collect()))
 }
 
 /// The `[lo, hi)` time bounds of one metric's part of a page that starts after `after`.
@@ -353,8 +372,13 @@ pub async fn page(
         ]);
     }
     binds.push(Bind::I64(fetch));
-    let query = CachedSql::new(sql, binds, parts.len() <= MAX_CACHED_PARTS);
-    let mut rows: Vec<Point> = query.load(conn).await?;
+    let query = CachedSql::<PointRow>::new(sql, binds, parts.len() <= MAX_CACHED_PARTS);
+    let mut rows: Vec<Point> = query
+        .load::<(String, i64, f64)>(conn)
+        .await?
+        .into_iter()
+        .map(Point::from)
+        .collect();
     let more = rows.len() > limit;
     rows.truncate(limit);
     Ok((rows, more))
@@ -396,14 +420,7 @@ async fn single_metric_page(
         query.order(readings::ts_us.asc())
     };
     let rows: Vec<(String, i64, f64)> = query.load(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(metric, ts_us, value)| Point {
-            metric,
-            ts_us,
-            value,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Point::from).collect())
 }
 
 /// The newest reading of each of `metrics`: per metric, one step backwards from the end of its
@@ -426,9 +443,12 @@ pub async fn latest(
         .flat_map(|metric| [Bind::U64(device_pk), Bind::Text(metric.clone())])
         .collect();
     Ok(
-        CachedSql::new(sql, binds, metrics.len() <= MAX_CACHED_PARTS)
-            .load(conn)
-            .await?,
+        CachedSql::<PointRow>::new(sql, binds, metrics.len() <= MAX_CACHED_PARTS)
+            .load::<(String, i64, f64)>(conn)
+            .await?
+            .into_iter()
+            .map(Point::from)
+            .collect(),
     )
 }
 
@@ -470,9 +490,10 @@ pub async fn aggregate(
         Bind::I64(to_us),
         Bind::I64(MAX_BUCKETS + 1),
     ];
-    let rows: Vec<BucketRow> = CachedSql::new(sql.to_string(), binds, true)
-        .load(conn)
-        .await?;
+    let rows: Vec<BucketRow> =
+        CachedSql::<diesel::sql_types::Untyped>::new(sql.to_string(), binds, true)
+            .load(conn)
+            .await?;
     if rows.len() as i64 > MAX_BUCKETS {
         return Err(StorageError::invalid(format!(
             "bucket_us: more than {MAX_BUCKETS} buckets in the range; use wider buckets or a shorter range"

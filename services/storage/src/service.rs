@@ -113,6 +113,13 @@ struct RangeRequest {
     limit: usize,
     cursor: Option<Cursor>,
     descending: bool,
+    /// Only this owner's device qualifies (`owner_id` of the request; `None` = any).
+    owner: Option<u64>,
+}
+
+/// `owner_id` of a read request: 0 means any owner.
+fn owner(owner_id: u64) -> Option<u64> {
+    (owner_id != 0).then_some(owner_id)
 }
 
 fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
@@ -141,25 +148,29 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
         limit: limit as usize,
         cursor,
         descending: request.descending,
+        owner: owner(request.owner_id),
     })
 }
 
-/// Which device and metrics a range read covers; NOT_FOUND for an unknown device.
+/// Which device and metrics a range read covers; NOT_FOUND for an unknown device or, when the
+/// request names an owner, for another owner's device.
 async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<Selection> {
-    let (device, metrics) = match &request.metric {
-        // One metric: the page query itself resolves the device (see DeviceKey).
-        Some(metric) => (
+    let (device, metrics) = match (&request.metric, request.owner) {
+        // One metric of any owner's device: the page query itself resolves the device (see
+        // DeviceKey), one statement in all.
+        (Some(metric), None) => (
             DeviceKey::Id(request.device_id.clone()),
             vec![metric.clone()],
         ),
-        None => match readings::metrics_of(conn, &request.device_id).await? {
-            Some((pk, metrics)) => (DeviceKey::Pk(pk), metrics),
-            // No readings at all: NOT_FOUND if the device itself is missing.
-            None => (
-                DeviceKey::Pk(devices::pk(conn, &request.device_id).await?),
-                Vec::new(),
-            ),
-        },
+        // Otherwise one statement resolves the device, checks its owner and lists its metrics.
+        (metric, owner) => {
+            let (pk, known) = readings::readable_device(conn, &request.device_id, owner).await?;
+            let metrics = match metric {
+                Some(metric) => vec![metric.clone()],
+                None => known,
+            };
+            (DeviceKey::Pk(pk), metrics)
+        }
     };
     Ok(Selection {
         device,
@@ -568,16 +579,15 @@ impl StorageService for StorageApi {
             validate::device_id("device_id", &request.device_id)?;
             let points = self
                 .db
-                .run(
-                    async |conn| match readings::metrics_of(conn, &request.device_id).await? {
-                        Some((pk, metrics)) => readings::latest(conn, pk, &metrics).await,
-                        None => {
-                            // Nothing reported yet: NOT_FOUND if the device itself is missing.
-                            devices::pk(conn, &request.device_id).await?;
-                            Ok(Vec::new())
-                        }
-                    },
-                )
+                .run(async |conn| {
+                    let (pk, metrics) = readings::readable_device(
+                        conn,
+                        &request.device_id,
+                        owner(request.owner_id),
+                    )
+                    .await?;
+                    readings::latest(conn, pk, &metrics).await
+                })
                 .await?;
             Ok(pb::LatestReadingsResponse {
                 readings: points.into_iter().map(point_to_pb).collect(),
@@ -604,7 +614,9 @@ impl StorageService for StorageApi {
             let rows = self
                 .db
                 .run(async |conn| {
-                    let pk = devices::pk(conn, &request.device_id).await?;
+                    let pk =
+                        devices::pk_of_owner(conn, &request.device_id, owner(request.owner_id))
+                            .await?;
                     readings::aggregate(
                         conn,
                         pk,

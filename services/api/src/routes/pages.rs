@@ -346,7 +346,7 @@ pub async fn device_page(req: HttpRequest, state: web::Data<AppState>, path: web
     let latest = state
         .storage
         .clone()
-        .latest_readings(LatestReadingsRequest { device_id: device.device_id.clone() })
+        .latest_readings(LatestReadingsRequest { device_id: device.device_id.clone(), owner_id: session.owner_filter() })
         .await?
         .into_inner()
         .readings;

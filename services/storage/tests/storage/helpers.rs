@@ -147,5 +147,6 @@ pub fn query(
         limit,
         cursor: String::new(),
         descending: false,
+        owner_id: 0,
     }
 }

@@ -298,6 +298,7 @@ async fn latest_gives_the_newest_reading_per_metric() {
         .client
         .latest_readings(pb::LatestReadingsRequest {
             device_id: "dev".into(),
+            owner_id: 0,
         })
         .await
         .unwrap()
@@ -314,6 +315,7 @@ async fn latest_gives_the_newest_reading_per_metric() {
         .client
         .latest_readings(pb::LatestReadingsRequest {
             device_id: "dev".into(),
+            owner_id: 0,
         })
         .await
         .unwrap()
@@ -326,7 +328,8 @@ async fn latest_gives_the_newest_reading_per_metric() {
         code(
             app.client
                 .latest_readings(pb::LatestReadingsRequest {
-                    device_id: "other".into()
+                    device_id: "other".into(),
+                    owner_id: 0,
                 })
                 .await
         ),
@@ -372,6 +375,7 @@ async fn aggregates_match_values_computed_here() {
             from_us: from,
             to_us: to,
             bucket_us,
+            owner_id: 0,
         })
         .await
         .unwrap()
@@ -399,6 +403,7 @@ async fn aggregates_match_values_computed_here() {
         from_us,
         to_us,
         bucket_us,
+        owner_id: 0,
     };
     assert_eq!(
         code(app.client.aggregate_readings(aggregate("", 1, 0, 0)).await),
@@ -493,6 +498,7 @@ async fn delete_readings_removes_a_range() {
         .client
         .latest_readings(pb::LatestReadingsRequest {
             device_id: "dev".into(),
+            owner_id: 0,
         })
         .await
         .unwrap()
@@ -606,7 +612,8 @@ async fn bad_readings_are_refused_whole() {
         code(
             app.client
                 .latest_readings(pb::LatestReadingsRequest {
-                    device_id: "a b".into()
+                    device_id: "a b".into(),
+                    owner_id: 0,
                 })
                 .await
         ),
@@ -672,4 +679,123 @@ async fn concurrent_overlapping_writes_store_each_key_once() {
     }
     assert_eq!(total, 2_000);
     assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 2_000);
+}
+
+#[tokio::test]
+async fn reads_with_an_owner_see_only_that_owners_devices() {
+    let mut app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    app.device(alice.id, "alices").await;
+    app.device(alice.id, "quiet").await;
+    app.write(vec![
+        reading("alices", "t", 1_000_000, 1.0),
+        reading("alices", "h", 1_000_000, 2.0),
+    ])
+    .await;
+    let owned = |device_id: &str, metric: &str, owner_id| pb::QueryReadingsRequest {
+        owner_id,
+        ..query(device_id, metric, 0, 0, 0)
+    };
+
+    // The owner (and owner 0, any owner) reads; with or without a metric.
+    for owner_id in [alice.id, 0] {
+        let all = app
+            .client
+            .query_readings(owned("alices", "", owner_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.readings.len(), 2, "owner {owner_id}");
+        let one = app
+            .client
+            .query_readings(owned("alices", "t", owner_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got(&one.readings), vec![(1_000_000, "t".into(), 1.0)]);
+    }
+    // A device without readings is empty for its owner, not NOT_FOUND.
+    let quiet = app
+        .client
+        .query_readings(owned("quiet", "", alice.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(quiet.readings.is_empty());
+
+    // Another owner's device and a missing one give the same NOT_FOUND, on every read.
+    for device_id in ["alices", "quiet", "missing"] {
+        for metric in ["", "t"] {
+            assert_eq!(
+                code(
+                    app.client
+                        .query_readings(owned(device_id, metric, bob.id))
+                        .await
+                ),
+                Code::NotFound
+            );
+            // The stream is refused before it starts.
+            match app
+                .client
+                .stream_readings(owned(device_id, metric, bob.id))
+                .await
+            {
+                Ok(_) => panic!("{device_id}/{metric}: a stream of another owner's device"),
+                Err(status) => assert_eq!(status.code(), Code::NotFound),
+            }
+        }
+        let latest = pb::LatestReadingsRequest {
+            device_id: device_id.into(),
+            owner_id: bob.id,
+        };
+        assert_eq!(
+            code(app.client.latest_readings(latest).await),
+            Code::NotFound
+        );
+        let aggregate = pb::AggregateReadingsRequest {
+            device_id: device_id.into(),
+            metric: "t".into(),
+            from_us: 0,
+            to_us: 0,
+            bucket_us: 1_000_000,
+            owner_id: bob.id,
+        };
+        assert_eq!(
+            code(app.client.aggregate_readings(aggregate).await),
+            Code::NotFound
+        );
+    }
+    let latest = pb::LatestReadingsRequest {
+        device_id: "alices".into(),
+        owner_id: alice.id,
+    };
+    assert_eq!(
+        app.client
+            .latest_readings(latest)
+            .await
+            .unwrap()
+            .into_inner()
+            .readings
+            .len(),
+        2
+    );
+    let aggregate = pb::AggregateReadingsRequest {
+        device_id: "alices".into(),
+        metric: "t".into(),
+        from_us: 0,
+        to_us: 0,
+        bucket_us: 1_000_000,
+        owner_id: alice.id,
+    };
+    assert_eq!(
+        app.client
+            .aggregate_readings(aggregate)
+            .await
+            .unwrap()
+            .into_inner()
+            .buckets
+            .len(),
+        1
+    );
 }
