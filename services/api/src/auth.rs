@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::{
     FromRequest, HttpRequest,
@@ -23,7 +24,8 @@ pub const SESSION_COOKIE: &str = "sid";
 #[derive(Debug, Clone)]
 pub struct CurrentSession {
     pub token: String,
-    pub session: Session,
+    /// Shared with the session cache (`crate::session_cache`).
+    pub session: Arc<Session>,
 }
 
 impl CurrentSession {
@@ -55,9 +57,17 @@ pub async fn optional_session(req: &HttpRequest, state: &AppState) -> ApiResult<
     if token.is_empty() {
         return Ok(None);
     }
+    if let Some(session) = state.sessions.get(&token) {
+        return Ok(Some(CurrentSession { token, session }));
+    }
+    let epoch = state.sessions.epoch();
     let mut client = state.session.clone();
     match client.validate_session(ValidateSessionRequest { token: token.clone() }).await {
-        Ok(response) => Ok(Some(CurrentSession { token, session: response.into_inner() })),
+        Ok(response) => {
+            let session = Arc::new(response.into_inner());
+            state.sessions.insert(&token, session.clone(), epoch);
+            Ok(Some(CurrentSession { token, session }))
+        }
         Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(None),
         // A malformed token is just an invalid one.
         Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(None),

@@ -70,6 +70,14 @@ pub struct Config {
     /// An idle keep-alive connection is closed after this.
     #[arg(long, env = "API_KEEP_ALIVE", default_value = "75s", value_parser = parse_duration)]
     pub keep_alive: Duration,
+    /// How long a validated session is reused without asking the session service again
+    /// (0 = ask on every request). A logout through this process takes effect at once; a
+    /// revocation elsewhere (another replica, the session service) within this time.
+    #[arg(long, env = "API_SESSION_CACHE_TTL", default_value = "1s", value_parser = parse_duration)]
+    pub session_cache_ttl: Duration,
+    /// Most sessions kept in that cache.
+    #[arg(long, env = "API_SESSION_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub session_cache_capacity: usize,
     /// HTTP worker threads (0 = one per CPU).
     #[arg(long, env = "API_WORKERS", default_value_t = 0)]
     pub workers: usize,

@@ -11,6 +11,7 @@ pub mod live;
 pub mod middleware;
 pub mod negotiate;
 pub mod routes;
+pub mod session_cache;
 pub mod state;
 pub mod time;
 
@@ -33,7 +34,7 @@ pub use config::{Config, CookieSecure};
 use crate::{
     error::ApiError,
     live::LiveHub,
-    state::{AppState, Metrics, lazy_channel},
+    state::{AppState, Metrics, endpoint, lazy_channel},
 };
 
 /// `bytes` random bytes from the OS-seeded CSPRNG, base64url without padding.
@@ -58,16 +59,18 @@ impl Application {
     pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
-        let storage_channel = lazy_channel(&config.storage_url).context("API_STORAGE_URL")?;
-        let session_channel = lazy_channel(&config.session_url).context("API_SESSION_URL")?;
+        let storage_endpoint = endpoint(&config.storage_url).context("API_STORAGE_URL")?;
+        let session_endpoint = endpoint(&config.session_url).context("API_SESSION_URL")?;
         let live = LiveHub::new();
         // Flag combinations and certificate files are checked here, before anything connects.
         config.broker.tls().client_config().context("MQTT TLS (API_MQTT_TLS, API_MQTT_CA_FILE, ...)")?;
         let live_task = live::spawn_subscriber(&config, live.clone(), metrics.clone(), shutdown.clone())?;
         let (broker, broker_task) = broker::BrokerAdmin::start(&config, &registry, shutdown.clone())?;
         let state = AppState {
-            storage: StorageServiceClient::new(storage_channel),
-            session: SessionServiceClient::new(session_channel),
+            // These channels serve the readiness probe; every HTTP worker gets its own.
+            storage: StorageServiceClient::new(lazy_channel(&storage_endpoint)),
+            session: SessionServiceClient::new(lazy_channel(&session_endpoint)),
+            sessions: Arc::new(session_cache::SessionCache::new(config.session_cache_ttl, config.session_cache_capacity)),
             config: Arc::new(config.clone()),
             metrics,
             live,
@@ -78,10 +81,11 @@ impl Application {
         let ops = OpsServer::start(config.metrics_addr, registry, readiness, shutdown.clone()).await?;
 
         let max_body = config.max_body_bytes;
-        let app_state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
+            // Runs once per worker, on the worker's thread.
+            let app_state = web::Data::new(state.for_worker(&storage_endpoint, &session_endpoint));
             App::new()
-                .app_data(app_state.clone())
+                .app_data(app_state)
                 .app_data(
                     web::JsonConfig::default()
                         .limit(max_body)

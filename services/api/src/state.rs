@@ -5,13 +5,15 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 use iot_runtime::telemetry::grpc::{GrpcClientTrace, traced_channel};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{broker::BrokerAdmin, config::Config, live::LiveHub};
+use crate::{broker::BrokerAdmin, config::Config, live::LiveHub, session_cache::SessionCache};
 
 /// Shared by every worker; cheap to clone (channels and Arcs).
 #[derive(Clone)]
 pub struct AppState {
     pub storage: StorageServiceClient<GrpcChannel>,
     pub session: SessionServiceClient<GrpcChannel>,
+    /// Sessions validated in the last second or so (see `session_cache` for what that misses).
+    pub sessions: Arc<SessionCache>,
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub live: LiveHub,
@@ -24,13 +26,32 @@ pub struct AppState {
 /// A channel whose calls get client spans and carry the trace context to the server.
 pub type GrpcChannel = GrpcClientTrace<Channel>;
 
-/// Lazy channels: the api starts while storage/session are still down and reconnects by itself.
-pub fn lazy_channel(url: &str) -> anyhow::Result<GrpcChannel> {
-    let endpoint = Endpoint::from_shared(url.to_string())?
+/// A gRPC endpoint of the api (timeouts, no Nagle), checked once at start.
+pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
-        .tcp_nodelay(true);
-    Ok(traced_channel(endpoint.connect_lazy(), endpoint.uri()))
+        .tcp_nodelay(true))
+}
+
+/// A lazy channel: the api starts while storage/session are still down and reconnects by
+/// itself. Its connection task runs on the runtime it is created on.
+pub fn lazy_channel(endpoint: &Endpoint) -> GrpcChannel {
+    traced_channel(endpoint.connect_lazy(), endpoint.uri())
+}
+
+impl AppState {
+    /// The same state with channels of its own, for one HTTP worker. Called on the worker's
+    /// thread, so the channels' connection tasks run there too: a request's gRPC calls then
+    /// never hop to another thread and back, and each worker has its own HTTP/2 connection
+    /// to storage and to session instead of all sharing one.
+    pub fn for_worker(&self, storage: &Endpoint, session: &Endpoint) -> Self {
+        Self {
+            storage: StorageServiceClient::new(lazy_channel(storage)),
+            session: SessionServiceClient::new(lazy_channel(session)),
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Clone)]

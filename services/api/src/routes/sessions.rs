@@ -82,12 +82,18 @@ pub async fn current(session: CurrentSession) -> HttpResponse {
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(session_json(&session.session))
 }
 
+/// Logs the session out. Evicted from the session cache before the call, so that no request
+/// is answered from it meanwhile, and after it, so that no validation answered before the
+/// revocation can cache the session again (whatever the call's outcome).
 pub async fn revoke(state: &AppState, session: &CurrentSession) -> ApiResult<()> {
-    state
+    state.sessions.evict(&session.token);
+    let revoked = state
         .session
         .clone()
         .revoke_session(RevokeSessionRequest { key: Some(revoke_session_request::Key::Token(session.token.clone())), user_id: 0 })
-        .await?;
+        .await;
+    state.sessions.evict(&session.token);
+    revoked?;
     Ok(())
 }
 

@@ -191,3 +191,33 @@ async fn cross_site_state_changes_with_the_cookie_are_refused() {
     let page = response.text().await.unwrap();
     assert!(page.contains("form-dev"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_revoked_elsewhere_is_refused_within_the_cache_ttl() {
+    use iot_proto::session::v1::{RevokeSessionRequest, revoke_session_request, session_service_client::SessionServiceClient};
+    let app = spawn_app().await;
+    let (_, username) = app.admin().await;
+    let response = bare_client()
+        .post(app.url("/api/v1/sessions"))
+        .json(&json!({"username": username, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let token = set_cookie(&response).trim_start_matches("sid=").split(';').next().unwrap().to_string();
+    let sid = format!("sid={token}");
+    let current = || bare_client().get(app.url("/api/v1/sessions/current")).header(header::COOKIE, sid.clone()).send();
+    // Validated once: now in the api's session cache.
+    assert_eq!(current().await.unwrap().status(), StatusCode::OK);
+
+    // Revoked behind the api's back (another replica's logout, an operator): the api may
+    // still accept it for up to its cache TTL (1 s in these tests), never longer.
+    let mut session = SessionServiceClient::connect(app.session_url.clone()).await.unwrap();
+    session
+        .revoke_session(RevokeSessionRequest { key: Some(revoke_session_request::Key::Token(token.clone())), user_id: 0 })
+        .await
+        .unwrap();
+    let revoked_at = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let response = current().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "still accepted {:?} after the revocation", revoked_at.elapsed());
+}

@@ -114,6 +114,8 @@ pub async fn spawn_app_configured(session_env: &[(&str, &str)], configure: impl 
         body_timeout: Duration::from_secs(10),
         client_disconnect_timeout: Duration::from_secs(2),
         keep_alive: Duration::from_secs(75),
+        session_cache_ttl: Duration::from_secs(1),
+        session_cache_capacity: 10_000,
         workers: 2,
         log_format: LogFormat::Text,
     };
