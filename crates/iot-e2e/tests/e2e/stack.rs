@@ -180,6 +180,10 @@ impl Stack {
                     .env("API_MQTT_HOST", "127.0.0.1")
                     .env("API_MQTT_PORT", broker.port.to_string())
                     .env("API_WORKERS", "2")
+                    // Every request validates its cookie with the session service, so that
+                    // counts and traces are exact; the api's session cache (on by default,
+                    // ~1 s) is tested in services/api.
+                    .env("API_SESSION_CACHE_TTL", "0")
                     .spawn()
                     .unwrap()
             })
