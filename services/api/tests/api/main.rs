@@ -8,6 +8,7 @@ mod devices;
 mod errors;
 mod helpers;
 mod hostile_input;
+mod hostile_sessions;
 mod live;
 mod pages;
 mod readings;
