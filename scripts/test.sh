@@ -15,6 +15,7 @@
 #
 # Environment: CI=true (Cargo.lock must be up to date: --locked; private instances this
 # run started are stopped at the end), IOT_CLIPPY=1, IOT_SKIP_HELM=1, IOT_SKIP_FUZZ=1, FUZZ_SECONDS,
+# SCHEMATHESIS_BIN, SCHEMATHESIS_MAX_TIME (seconds, default 45),
 # IOT_TEST_TIMEOUT (seconds for the test step, default 1200), NEXTEST_TEST_THREADS,
 # CARGO_TARGET_DIR, and the knobs of scripts/lib/deps.sh.
 set -euo pipefail
@@ -95,6 +96,18 @@ if ! cargo build "${cargo_flags[@]}" --workspace --all-targets; then
     exit 1
 fi
 record build ok $((SECONDS - t))
+
+# schemathesis for the api's property-based test (services/api/tests/api/schemathesis.rs):
+# installed into .tools/ on first use (~30 s), then about 50 s of one test slot.
+if [[ -z "${SCHEMATHESIS_BIN:-}" ]]; then
+    # shellcheck source=lib/schemathesis.sh
+    source scripts/lib/schemathesis.sh
+    SCHEMATHESIS_BIN="$(schemathesis_ensure || true)"
+    export SCHEMATHESIS_BIN
+fi
+echo "    SCHEMATHESIS_BIN=${SCHEMATHESIS_BIN:-(missing)}" >&2
+# In CI a missing schemathesis is a failure, not a quietly skipped test.
+[[ "${CI:-}" == true ]] && export IOT_REQUIRE_SCHEMATHESIS=1
 
 step "tests ($IOT_TEST_RUNNER)"
 t=$SECONDS

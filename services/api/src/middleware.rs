@@ -100,9 +100,17 @@ pub async fn not_found(_req: HttpRequest) -> HttpResponse {
 }
 
 /// actix answers 405 itself (a resource without a route for the method) with an empty body.
+/// A 405 must name the allowed methods (RFC 9110 §15.5.6; found by schemathesis): from the
+/// OpenAPI document for the api, from the route table of the pages for them.
 pub fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let (req, _) = res.into_parts();
-    let response = ApiError::MethodNotAllowed.error_response();
+    let mut response = ApiError::MethodNotAllowed.error_response();
+    let allowed = req.match_pattern().and_then(|pattern| {
+        crate::routes::openapi::allowed_methods(&pattern).or_else(|| crate::routes::page_methods(&pattern).map(str::to_string))
+    });
+    if let Some(allowed) = allowed.and_then(|a| header::HeaderValue::from_str(&a).ok()) {
+        response.headers_mut().insert(header::ALLOW, allowed);
+    }
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
 

@@ -13,6 +13,17 @@ pub fn get_or_head() -> Route {
     web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
+/// Methods of the HTML pages (not in the OpenAPI document), for the `Allow` header of a 405;
+/// `configure` below routes exactly these.
+pub fn page_methods(pattern: &str) -> Option<&'static str> {
+    match pattern {
+        "/" | "/devices/{device_id}" => Some("GET, HEAD"),
+        "/login" | "/devices" => Some("GET, HEAD, POST"),
+        "/users" | "/logout" => Some("POST"),
+        _ => None,
+    }
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/users").route(web::post().to(users::create)))
         .service(web::resource("/api/v1/sessions").route(web::post().to(sessions::create)))

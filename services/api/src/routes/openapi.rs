@@ -43,7 +43,21 @@ fn with_common(mut responses: Value, auth: bool) -> Value {
 }
 
 fn op(tag: &str, summary: &str, auth: bool, extra: Value, responses: Value) -> Value {
-    let mut op = json!({"tags": [tag], "summary": summary, "responses": with_common(responses, auth)});
+    let mut responses = with_common(responses, auth);
+    if extra.get("requestBody").is_some()
+        && let Some(map) = responses.as_object_mut()
+    {
+        // Every JSON body can be unparsable, too slow, too large or not JSON at all.
+        for (status, description) in [
+            ("400", "Body is not valid JSON"),
+            ("408", "Body not received within API_BODY_TIMEOUT"),
+            ("413", "Body larger than API_MAX_BODY_BYTES"),
+            ("415", "Body is not JSON"),
+        ] {
+            map.entry(status).or_insert_with(|| error(description));
+        }
+    }
+    let mut op = json!({"tags": [tag], "summary": summary, "responses": responses});
     if !auth {
         op["security"] = json!([]);
     }
@@ -76,7 +90,13 @@ pub fn spec() -> Value {
     delete_params.extend(range_params.clone());
     let mut aggregate_params = vec![device_param.clone()];
     aggregate_params.extend(range_params);
-    aggregate_params.push(query("bucket", "Bucket width: 30s, 5m, 1h, 1d or seconds (default 1h)", json!({"type": "string"})));
+    // Required here (422 without it).
+    aggregate_params[1]["required"] = json!(true);
+    aggregate_params.push(query(
+        "bucket",
+        "Bucket width: 30s, 5m, 1h, 1d, 500ms or seconds (default 1h)",
+        json!({"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d)?$"}),
+    ));
 
     let cross_site = error("Cross-site request (Origin / Sec-Fetch-Site) with the session cookie");
     let readings_get = op(
@@ -96,7 +116,7 @@ pub fn spec() -> Value {
             "422": error("Invalid parameter values")
         }),
     );
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "IoT telemetry api",
@@ -116,14 +136,12 @@ pub fn spec() -> Value {
                        "401": error("Wrong username or password"), "415": error("Not JSON"), "422": error("Malformed body")}))},
             "/api/v1/sessions/current": {
                 "get": op("sessions", "The logged-in user and the session's CSRF token", true, json!({}), json!({"200": json_response("Session", "Session")})),
-                "head": op("sessions", "Headers of GET", true, json!({}), json!({"200": {"description": "Session"}})),
                 "delete": op("sessions", "Log out (revokes the session, clears the cookie)", true, json!({}), json!({"204": {"description": "Logged out"}, "403": cross_site.clone()}))
             },
             "/api/v1/devices": {
                 "get": op("devices", "Your devices (admins: all), paginated", true,
-                    json!({"parameters": [query("page_size", "1..=1000, default 100", json!({"type": "integer"})), query("page_token", "next_page_token of the previous page", json!({"type": "string"}))]}),
-                    json!({"200": json_response("Devices", "DeviceList")})),
-                "head": op("devices", "Headers of GET", true, json!({}), json!({"200": {"description": "Devices"}})),
+                    json!({"parameters": [query("page_size", "1..=1000, default 100", json!({"type": "integer", "minimum": 1, "maximum": 1000})), query("page_token", "next_page_token of the previous page", json!({"type": "string"}))]}),
+                    json!({"200": json_response("Devices", "DeviceList"), "400": error("Malformed parameter"), "422": error("page_size out of range or page_token not one this api gave out")})),
                 "post": op("devices", "Create a device and its MQTT credentials (the password is shown only here)", true,
                     json!({"requestBody": json_body("NewDevice")}),
                     json!({"201": {"description": "Created", "headers": {"Location": {"schema": {"type": "string"}}},
@@ -134,7 +152,6 @@ pub fn spec() -> Value {
                 "parameters": [device_param.clone()],
                 "get": op("devices", "One device (ETag; If-None-Match gives 304)", true, json!({}),
                     json!({"200": json_response("Device", "Device"), "304": {"description": "Not modified"}, "404": error("No such device (or not yours)")})),
-                "head": op("devices", "Headers of GET", true, json!({}), json!({"200": {"description": "Device"}, "404": {"description": "No such device"}})),
                 "put": op("devices", "Replace name and attributes", true, json!({"requestBody": json_body("ReplaceDevice")}),
                     json!({"200": json_response("Updated", "Device"), "403": cross_site.clone(), "404": error("No such device"), "415": error("Not JSON"), "422": error("Invalid")})),
                 "patch": op("devices", "Change name and/or attributes (application/json or application/merge-patch+json)", true, json!({"requestBody": json_body("PatchDevice")}),
@@ -148,20 +165,17 @@ pub fn spec() -> Value {
                        "403": cross_site.clone(), "404": error("No such device")}))},
             "/api/v1/devices/{device_id}/readings": {
                 "get": readings_get.clone(),
-                "head": readings_get,
                 "delete": op("readings", "Delete readings in a range (all when no range is given)", true, json!({"parameters": delete_params}),
                     json!({"200": {"description": "Deleted", "content": {"application/json": {"schema": {"type": "object", "properties": {"device_id": {"type": "string"}, "deleted": {"type": "integer"}}}}}},
-                           "400": error("Malformed parameter"), "403": cross_site, "404": error("No such device")}))
+                           "400": error("Malformed parameter"), "403": cross_site, "404": error("No such device"), "422": error("Invalid parameter values")}))
             },
             "/api/v1/devices/{device_id}/readings/latest": {
                 "get": op("readings", "The newest reading of every metric", true, json!({"parameters": [device_param.clone()]}),
                     json!({"200": json_response("Latest readings", "LatestReadings"), "404": error("No such device")})),
-                "head": op("readings", "Headers of GET", true, json!({"parameters": [device_param.clone()]}), json!({"200": {"description": "Latest readings"}}))
             },
             "/api/v1/devices/{device_id}/readings/aggregate": {
                 "get": op("readings", "min/max/avg/count per time bucket of one metric", true, json!({"parameters": aggregate_params.clone()}),
                     json!({"200": json_response("Buckets", "Aggregate"), "400": error("Malformed parameter"), "404": error("No such device"), "422": error("metric missing or invalid")})),
-                "head": op("readings", "Headers of GET", true, json!({"parameters": aggregate_params}), json!({"200": {"description": "Buckets"}}))
             },
             "/api/v1/devices/{device_id}/stream": {"get": op("readings", "Server-Sent Events: `event: reading` with {metric, ts, ts_us, value} for each new reading; comment heartbeats every 15 s", true,
                 json!({"parameters": [device_param]}),
@@ -203,5 +217,30 @@ pub fn spec() -> Value {
                         "min": {"type": "number"}, "max": {"type": "number"}, "avg": {"type": "number"}}}}}}
             }
         }
-    })
+    });
+    // HEAD answers exactly as GET does, without the body: same parameters and statuses.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            if let Some(mut head) = item.get("get").cloned() {
+                head["summary"] = json!("Headers of GET");
+                item["head"] = head;
+            }
+        }
+    }
+    doc
+}
+
+/// The methods the document gives `pattern` (an actix route pattern such as
+/// `/api/v1/devices/{device_id}`), for the `Allow` header of a 405.
+pub fn allowed_methods(pattern: &str) -> Option<String> {
+    use std::sync::LazyLock;
+    static PATHS: LazyLock<Value> = LazyLock::new(|| spec()["paths"].clone());
+    let methods: Vec<String> = PATHS
+        .get(pattern)?
+        .as_object()?
+        .keys()
+        .filter(|k| matches!(k.as_str(), "get" | "head" | "post" | "put" | "patch" | "delete"))
+        .map(|k| k.to_ascii_uppercase())
+        .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
 }

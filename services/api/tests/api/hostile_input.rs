@@ -432,3 +432,30 @@ fn url_encode(value: &str) -> String {
         })
         .collect()
 }
+
+/// Regression (schemathesis ST204): a 405 must carry `Allow` (RFC 9110 §15.5.6).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_405_names_the_allowed_methods() {
+    let app = spawn_app().await;
+    let (admin, _) = app.admin().await;
+    let id = unique_device();
+    app.create_device(&admin, &id).await;
+    for (method, path, allowed) in [
+        ("TRACE", format!("/api/v1/devices/{id}"), "DELETE, GET, HEAD, PATCH, PUT"),
+        ("PUT", "/api/v1/devices".to_string(), "GET, HEAD, POST"),
+        ("GET", format!("/api/v1/devices/{id}/credentials"), "POST"),
+        ("PATCH", format!("/api/v1/devices/{id}/readings"), "DELETE, GET, HEAD"),
+        ("GET", "/api/v1/sessions".to_string(), "POST"),
+        ("DELETE", "/login".to_string(), "GET, HEAD, POST"),
+        ("GET", "/logout".to_string(), "POST"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = admin.request(method.clone(), app.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let mut got: Vec<String> =
+            response.headers()[header::ALLOW].to_str().unwrap().split(',').map(|m| m.trim().to_string()).collect();
+        got.sort();
+        assert_eq!(got.join(", "), allowed, "{method} {path}");
+        assert_eq!(error_code(response, StatusCode::METHOD_NOT_ALLOWED).await, "method_not_allowed");
+    }
+}
