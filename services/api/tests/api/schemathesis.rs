@@ -134,6 +134,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .unwrap_or_default();
     let summary = serde_json::json!({
+        "version": report["schemathesis_version"],
         "seconds": max_time,
         "operations_tested": report["operations"]["tested"],
         "test_cases": report["test_cases"]["generated"],
