@@ -59,7 +59,7 @@ what = {
     "a_session_id_chosen_before_login_is_never_kept":
         "a made-up sid and the attacker's own valid sid planted before the victim's login (JSON and form): login issues a new sid; the planted one never becomes the victim's",
     "a_stolen_cookie_is_refused_everywhere_once_revoked":
-        "after DELETE /api/v1/sessions/current, POST /logout and RevokeUserSessions, the old cookie gets 401 (pages: redirect to /login) on all 21 routes and both forms at once, and changed nothing",
+        "after DELETE /api/v1/sessions/current and POST /logout the old cookie gets 401 (pages: redirect to /login) at once on all 21 routes and both forms; after RevokeUserSessions (outside the api) within the api session cache TTL (bounded at 3 s); nothing changed",
     "another_users_devices_and_readings_cannot_be_read_changed_or_detected":
         "user B on user A's device: every route answers exactly as for a missing device (same status and body); crafted page tokens and cursors reveal nothing",
     "schemathesis_finds_no_server_error_and_no_response_outside_the_schema": "below",
