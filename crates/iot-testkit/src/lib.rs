@@ -252,6 +252,16 @@ impl Mosquitto {
     /// scripts/up.sh does, after deploy/mosquitto/dynsec-bootstrap.sh created the admin and
     /// the ingest/api service accounts with random passwords. No anonymous access.
     pub async fn start_secured(tls: bool) -> Self {
+        Self::start_secured_with(tls, false).await
+    }
+
+    /// [`Mosquitto::start_secured`] with `deploy/mosquitto/restart-guard.sh arm` run before
+    /// every start, as the chart starts the broker.
+    pub async fn start_secured_with_restart_guard(tls: bool) -> Self {
+        Self::start_secured_with(tls, true).await
+    }
+
+    async fn start_secured_with(tls: bool, restart_guard: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let login = |username: &str| BrokerLogin { username: username.to_string(), password: unique_suffix() };
         let (admin, ingest, api) = (login("admin"), login("iot-ingest"), login("iot-api"));
@@ -275,8 +285,7 @@ impl Mosquitto {
             BrokerTls { port: free_port(), ca_file: ca_dir.join("ca.crt"), ca_dir }
         });
         let security = Some(BrokerSecurity { admin, ingest, api, tls });
-        let broker =
-            Self { port: free_port(), dir, child: None, extra_config: String::new(), restart_guard: false, security };
+        let broker = Self { port: free_port(), dir, child: None, extra_config: String::new(), restart_guard, security };
         broker.start_on_free_ports().await
     }
 
@@ -326,18 +335,7 @@ impl Mosquitto {
         );
         std::fs::write(self.config_path(), config).unwrap();
         let bin = mosquitto_bin();
-        if self.restart_guard {
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/mosquitto/restart-guard.sh");
-            let out = Command::new("sh")
-                .arg(script)
-                .arg("arm")
-                .arg(self.config_path())
-                .env("MOSQUITTO", &bin)
-                .env("GUARD_PORT", free_port().to_string())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "restart-guard.sh arm failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        }
+        self.arm_restart_guard();
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(bin)
             .arg("-c")
@@ -351,6 +349,23 @@ impl Mosquitto {
         let listening = wait_for_child_port(&mut child, addr, Duration::from_secs(10)).await;
         self.child = Some(child);
         listening
+    }
+
+    /// With the restart guard on: `deploy/mosquitto/restart-guard.sh arm` on the rendered
+    /// configuration, before the broker starts.
+    fn arm_restart_guard(&self) {
+        if !self.restart_guard {
+            return;
+        }
+        let out = Command::new("sh")
+            .arg(repo_root().join("deploy/mosquitto/restart-guard.sh"))
+            .arg("arm")
+            .arg(self.config_path())
+            .env("MOSQUITTO", mosquitto_bin())
+            .env("GUARD_PORT", free_port().to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "restart-guard.sh arm failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The secured broker, configured by scripts/lib/mosquitto.sh from deploy/mosquitto.
@@ -369,6 +384,7 @@ impl Mosquitto {
             &[&dir, &port, &tls_port, &ca_dir],
             &[],
         );
+        self.arm_restart_guard();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

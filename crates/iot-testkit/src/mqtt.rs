@@ -54,6 +54,9 @@ pub struct DeviceSpec {
     pub device: String,
     /// Username and password when the broker requires them.
     pub credentials: Option<(String, String)>,
+    /// The client id the broker requires (a provisioned device login is bound to one);
+    /// `None`: a new unique id per connection.
+    pub client_id: Option<String>,
     pub rate_per_sec: f64,
     /// Timestamp (ms) of the first message; each next message is 1 ms later.
     pub first_ts_ms: i64,
@@ -108,11 +111,11 @@ async fn run(spec: DeviceSpec, phase: Arc<AtomicUsize>, stop: Arc<AtomicBool>, l
     let mut connection = 0_u64;
     loop {
         connection += 1;
-        let mut options = MqttOptions::new(
-            format!("{}-pub-{connection}-{}", spec.device, crate::unique_suffix()),
-            &spec.host,
-            spec.port,
-        );
+        let client_id = spec
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-pub-{connection}-{}", spec.device, crate::unique_suffix()));
+        let mut options = MqttOptions::new(client_id, &spec.host, spec.port);
         options.set_keep_alive(Duration::from_secs(5)).set_inflight(spec.max_inflight.clamp(1, 65_535) as u16);
         if let Some((user, password)) = &spec.credentials {
             options.set_credentials(user.clone(), password.clone());
