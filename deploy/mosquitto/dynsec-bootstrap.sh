@@ -60,6 +60,10 @@ done
 ensure createRole iot-ingest
 ensure addRoleACL iot-ingest subscribePattern '$share/ingest/devices/+/telemetry' allow
 ensure addRoleACL iot-ingest publishClientReceive 'devices/+/telemetry' allow
+# The restart guard (deploy/mosquitto/restart-guard.sh, services/ingest): a replica leaving on
+# SIGTERM gives the guard session a plain subscription, so that telemetry is queued, not
+# dropped, while no shared subscription exists.
+ensure addRoleACL iot-ingest subscribePattern 'devices/+/telemetry' allow
 
 # api: live streams of telemetry, downlink commands, and device provisioning through the
 # dynamic-security control topic.

@@ -87,8 +87,9 @@ pub struct Config {
     #[arg(long, env = "INGEST_RESTART_GUARD_TOPIC", default_value = "devices/+/telemetry")]
     pub restart_guard_topic: String,
     /// Also check the restart guard session this often (seconds; 0: only after reconnects), so
-    /// that a drain interrupted by a replica that never comes back is finished by another.
-    #[arg(long, env = "INGEST_RESTART_GUARD_RECHECK_SECS", default_value_t = 300)]
+    /// that a guard armed by a replica that left (scale-down) or a drain it interrupted is
+    /// finished by another.
+    #[arg(long, env = "INGEST_RESTART_GUARD_RECHECK_SECS", default_value_t = 60)]
     pub restart_guard_recheck_secs: u64,
     /// On SIGTERM: how long to wait for held messages to be committed and acknowledged.
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 25)]

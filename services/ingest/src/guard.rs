@@ -261,3 +261,44 @@ async fn sleep_opt(duration: Option<Duration>) {
         None => std::future::pending().await,
     }
 }
+
+/// Arms the guard from ingest's side: a plain QoS 1 subscription for the guard session, made
+/// by a replica that is about to UNSUBSCRIBE its shared subscription on SIGTERM. If it was the
+/// last replica (scale to zero, a one-replica rolling update), nothing else would match
+/// `devices/+/telemetry` until a replica is back, and the broker would acknowledge and drop
+/// what devices publish meanwhile; the guard session queues it instead. The next replica to
+/// subscribe (or the periodic re-check of the others) drains it; when other replicas are still
+/// running, the guard holds duplicates of what they store until then (written once).
+/// Needs the broker to allow the ingest account a plain subscription to the topic.
+pub async fn arm(config: &Config, timeout: Duration) -> Result<(), String> {
+    let options = mqtt::options(config, config.restart_guard_client_id.clone()).map_err(|e| e.to_string())?;
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 16);
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client
+                        .try_subscribe(config.restart_guard_topic.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                    let refused = suback
+                        .return_codes
+                        .iter()
+                        .any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)));
+                    if refused {
+                        return Err(format!("subscription refused: {:?}", suback.return_codes));
+                    }
+                    client.try_disconnect().map_err(|e| e.to_string())?;
+                }
+                // Queued messages of a guard session that was already armed: leave them unacked
+                // (they stay in the session for whoever drains it).
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    result.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}

@@ -182,6 +182,18 @@ impl Application {
         tracing::info!(held = acker.held(), "shutting down: unsubscribing and draining");
         shared.draining.store(true, Ordering::SeqCst);
         if shared.connected.load(Ordering::SeqCst) {
+            // This may be the last replica: arm the restart guard before the shared
+            // subscription goes, so that nothing published meanwhile is dropped (guard.rs).
+            if !config.restart_guard_client_id.is_empty() {
+                match guard::arm(&config, Duration::from_secs(5)).await {
+                    Ok(()) => tracing::info!(guard = %config.restart_guard_client_id, "restart guard armed"),
+                    Err(error) => tracing::error!(
+                        guard = %config.restart_guard_client_id,
+                        error = %error,
+                        "cannot arm the restart guard: if no other replica runs, telemetry published until one is back is lost"
+                    ),
+                }
+            }
             client.unsubscribe(config.subscription.clone()).await?;
         }
         let deadline = Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);

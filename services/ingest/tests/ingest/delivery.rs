@@ -146,6 +146,7 @@ fn start_devices(stack: &Stack, devices: &[String], rate: f64) -> (Vec<DevicePub
                     port: stack.broker.port,
                     device: device.clone(),
                     credentials: None,
+                    client_id: None,
                     rate_per_sec: rate,
                     first_ts_ms: BASE_MS,
                     max_inflight: 100,
@@ -229,4 +230,24 @@ async fn broker_restart_while_every_replica_is_down_loses_nothing() {
     let guard_messages =
         a.metric("ingest_restart_guard_messages_total").await + b.metric("ingest_restart_guard_messages_total").await;
     assert!(guard_messages >= 500.0, "the guard delivered only {guard_messages} messages");
+}
+
+#[tokio::test]
+async fn the_last_replica_stopping_on_sigterm_loses_nothing_published_until_one_is_back() {
+    let devices = devices(2);
+    // No arming at broker start here: only the leaving replica's own arming is tested.
+    let stack = Stack::start(&devices).await;
+    let mut ingest = stack.ingest("ingest-scale-to-zero").start().await;
+    let (publishers, _) = start_devices(&stack, &devices, 200.0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Scale to zero: the replica unsubscribes its shared subscription and leaves; without the
+    // guard it armed first, nothing would match devices/+/telemetry for the next 2 s.
+    assert!(ingest.child.terminate(Duration::from_secs(30)), "ingest did not stop cleanly:\n{}", ingest.log_text());
+    assert!(ingest.log_text().contains("restart guard armed"), "{}", ingest.log_text());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ingest.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (published, _) = finish_and_check(&stack, publishers).await;
+    assert!(published > 1000, "only {published} messages published");
+    eventually_metric(&ingest, r#"ingest_restart_guard_checks_total{outcome="drained"}"#, 1.0).await;
 }
