@@ -67,13 +67,14 @@ impl FaultReport {
     }
 }
 
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 8] = [
     "steady load",
     "MariaDB restart",
     "Redis restart",
     "Mosquitto restart",
     "SIGKILL ingest-0",
     "SIGTERM storage",
+    "Mosquitto restart, every ingest replica down",
     "cool-down",
 ];
 
@@ -116,6 +117,19 @@ pub async fn run(options: &FaultOptions) -> anyhow::Result<FaultReport> {
                 }
                 tokio::time::sleep(options.down_for).await;
                 stack.storage.start().await?;
+            }
+            6 => {
+                // Scaled to zero (SIGTERM: each drains and leaves its session empty), then the
+                // broker restarts and devices publish while no shared subscription exists: only
+                // the restart guard session holds what they publish until ingest is back.
+                for replica in &mut stack.ingest {
+                    replica.child.terminate(Duration::from_secs(30));
+                }
+                stack.broker.restart().await;
+                tokio::time::sleep(options.down_for).await;
+                for replica in &mut stack.ingest {
+                    replica.start().await?;
+                }
             }
             _ => {}
         }
@@ -265,7 +279,7 @@ pub fn markdown(report: &FaultReport, sessions: &[SessionReport]) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "### Fault suite\n\n{} devices publishing QoS 1 at {:.0} messages/s in total for {:.0} s (whole run), \
-         through Mosquitto (deploy/mosquitto config, persistence on, restart guard), two ingest replicas, storage on \
+         through Mosquitto (deploy/mosquitto config with dynamic security: service accounts for ingest and api, a login per device provisioned by the api; persistence on; restart guard), two ingest replicas, storage on \
          a private MariaDB, session on a private Redis (persistence on), api. Faults in sequence, load running \
          throughout.\n\n",
         report.devices, report.rate_per_second, report.duration_s

@@ -78,10 +78,11 @@ async fn redis_clients(port: u16) -> anyhow::Result<u64> {
     Ok(clients.saturating_sub(1))
 }
 
-async fn broker_clients(port: u16) -> anyhow::Result<u64> {
+async fn broker_clients(port: u16, admin: &iot_testkit::BrokerLogin) -> anyhow::Result<u64> {
     let mut options =
         rumqttc::MqttOptions::new(format!("soak-probe-{}", iot_testkit::unique_suffix()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
+    // The dynamic-security administrator may read $SYS; the service accounts may not.
+    options.set_keep_alive(Duration::from_secs(5)).set_credentials(admin.username.clone(), admin.password.clone());
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
     client.subscribe("$SYS/broker/clients/connected", rumqttc::QoS::AtMostOnce).await?;
     let value = tokio::time::timeout(Duration::from_secs(15), async {
@@ -140,7 +141,7 @@ pub async fn sample(stack: &Stack, started: Instant) -> anyhow::Result<Sample> {
         // Minus this query's own connection.
         mariadb_threads_connected: threads.map(|(_, n)| n.saturating_sub(1)).unwrap_or(0),
         redis_connected_clients: redis_clients(stack.redis.port).await?,
-        broker_clients_connected: broker_clients(stack.broker.port).await?,
+        broker_clients_connected: broker_clients(stack.broker.port, &stack.broker.security().admin).await?,
         broker_tcp_connections: established_to(stack.broker.port),
         readings_stored: stack.count_readings().await?,
     })

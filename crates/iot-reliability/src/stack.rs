@@ -30,30 +30,6 @@ pub fn bin_dir() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().map(Path::to_path_buf).unwrap_or(dir) } else { dir }
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// deploy/mosquitto/mosquitto.conf without the lines the test harness sets itself (listener,
-/// persistence location, include_dir) and with logs on stderr, plus the development file that
-/// allows anonymous clients (devices have no broker accounts on this branch yet).
-pub fn broker_config() -> anyhow::Result<String> {
-    let path = repo_root().join("deploy/mosquitto/mosquitto.conf");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out: Vec<String> = text
-        .lines()
-        .filter(|l| {
-            let key = l.split_whitespace().next().unwrap_or("");
-            !matches!(key, "listener" | "persistence_location" | "include_dir" | "log_dest")
-        })
-        .map(str::to_string)
-        .collect();
-    out.push("log_dest stderr".into());
-    let dev = std::fs::read_to_string(repo_root().join("deploy/mosquitto/dev/allow-anonymous.conf"))?;
-    out.extend(dev.lines().map(str::to_string));
-    Ok(out.join("\n"))
-}
-
 /// A service process with a fixed environment, restartable.
 pub struct Service {
     pub name: String,
@@ -119,6 +95,8 @@ pub struct Stack {
     pub user: reqwest::Client,
     pub credentials: (String, String),
     pub devices: Vec<String>,
+    /// The broker login of each device (provisioned by the api): username, password, client id.
+    pub device_logins: Vec<(String, String, String)>,
     pub phase: Arc<AtomicUsize>,
     pub publishers: Vec<DevicePublisher>,
 }
@@ -140,7 +118,9 @@ impl Stack {
                     RedisServer::start().await
                 }
             },
-            async { Mosquitto::start_with_restart_guard(&broker_config().unwrap_or_default()).await },
+            // The project's secured broker (dynamic security, service accounts, no anonymous
+            // access) with persistence, started through the restart guard as in the chart.
+            Mosquitto::start_secured_with_restart_guard(false),
         );
         let mut conn = mysql_async::Conn::from_url(db.url().as_str()).await?;
         conn.query_drop("CREATE DATABASE iot CHARACTER SET utf8mb4 COLLATE utf8mb4_bin").await?;
@@ -182,6 +162,11 @@ impl Stack {
                 ("API_SESSION_URL".into(), format!("http://{session_addr}")),
                 ("API_MQTT_HOST".into(), "127.0.0.1".into()),
                 ("API_MQTT_PORT".into(), broker.port.to_string()),
+                ("API_MQTT_USERNAME".into(), broker.security().api.username.clone()),
+                ("API_MQTT_PASSWORD".into(), broker.security().api.password.clone()),
+                // Devices created through the api get a broker login of their own.
+                ("API_MQTT_ADMIN_USERNAME".into(), broker.security().api.username.clone()),
+                ("API_MQTT_ADMIN_PASSWORD".into(), broker.security().api.password.clone()),
                 ("API_WORKERS".into(), "2".into()),
             ],
             api_addr,
@@ -199,6 +184,8 @@ impl Stack {
                 vec![
                     ("INGEST_MQTT_HOST".into(), "127.0.0.1".into()),
                     ("INGEST_MQTT_PORT".into(), broker.port.to_string()),
+                    ("INGEST_MQTT_USERNAME".into(), broker.security().ingest.username.clone()),
+                    ("INGEST_MQTT_PASSWORD".into(), broker.security().ingest.password.clone()),
                     ("INGEST_CLIENT_ID".into(), format!("ingest-{i}")),
                     ("INGEST_STORAGE_URL".into(), format!("http://{storage_addr}")),
                     ("INGEST_METRICS_ADDR".into(), ops.to_string()),
@@ -236,6 +223,7 @@ impl Stack {
             user,
             credentials,
             devices: Vec::new(),
+            device_logins: Vec::new(),
             phase: Arc::new(AtomicUsize::new(0)),
             publishers: Vec::new(),
         };
@@ -251,6 +239,12 @@ impl Stack {
             if !response.status().is_success() {
                 bail!("creating device {device}: {} {}", response.status(), response.text().await.unwrap_or_default());
             }
+            let body: serde_json::Value = response.json().await?;
+            if body["mqtt"]["broker_enforced"] != true {
+                bail!("the api did not provision a broker login for {device}: {body}");
+            }
+            let login = |key: &str| body["mqtt"][key].as_str().unwrap_or_default().to_string();
+            stack.device_logins.push((login("username"), login("password"), login("client_id")));
             stack.devices.push(device);
         }
         Ok(stack)
@@ -297,13 +291,14 @@ impl Stack {
     }
 
     pub fn start_load(&mut self, rate_per_device: f64, first_ts_ms: i64) {
-        for device in &self.devices {
+        for (device, login) in self.devices.iter().zip(&self.device_logins) {
             self.publishers.push(DevicePublisher::spawn(
                 DeviceSpec {
                     host: "127.0.0.1".into(),
                     port: self.broker.port,
                     device: device.clone(),
-                    credentials: None,
+                    credentials: Some((login.0.clone(), login.1.clone())),
+                    client_id: Some(login.2.clone()),
                     rate_per_sec: rate_per_device,
                     first_ts_ms,
                     max_inflight: 100,
