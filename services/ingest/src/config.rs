@@ -66,8 +66,12 @@ pub struct Config {
     /// A batch is written once it holds this many readings...
     #[arg(long, env = "INGEST_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
-    /// ...or this many milliseconds after its first message arrived.
-    #[arg(long = "batch-linger", env = "INGEST_BATCH_LINGER_MS", default_value_t = 20)]
+    /// ...or this many milliseconds after its first message arrived. Short, because a batch's
+    /// commit time grows with its size (MariaDB checks every row's key and foreign key): with
+    /// 20 ms, a batch at ~18,000 msg/s held ~750 readings and took ~40 ms to commit; with 5 ms
+    /// the publish-to-commit p50/p99 about halved at the same throughput (scripts/bench,
+    /// docs/benchmarks.md).
+    #[arg(long = "batch-linger", env = "INGEST_BATCH_LINGER_MS", default_value_t = 5)]
     pub batch_linger_ms: u64,
     /// How many WriteReadings calls may run at once (pipelining).
     #[arg(long, env = "INGEST_MAX_INFLIGHT_BATCHES", default_value_t = 4)]
