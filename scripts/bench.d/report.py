@@ -179,6 +179,7 @@ def main():
     api = dict(rng) if rng else {"rps": None, "p50_ms": None, "p99_ms": None, "errors": None}
     api["latest"] = wrk_summary(load(run, "api-latest"), "api-latest")
     api["aggregate_24h"] = wrk_summary(load(run, "api-aggregate"), "api-aggregate")
+    api["range_no_session_cache"] = wrk_summary(load(run, "api-range-nocache"), "api-range-nocache")
     dbc = load(run, "db-ceiling")
     if dbc:
         dbc["processes"] = procs.get("db-ceiling", {})
@@ -270,7 +271,7 @@ def render_table(r):
     api = r["api"]
     if api.get("rps") is not None:
         rows.append(("api range (~120 rows)", fmt(api["rps"], " req/s"), fmt(api["p50_ms"], " ms", 2), fmt(api["p99_ms"], " ms", 2), fmt(api["errors"]), top_cpu(api.get("processes"))))
-    for key, label in (("latest", "api latest"), ("aggregate_24h", "api 24 h aggregate")):
+    for key, label in (("latest", "api latest"), ("aggregate_24h", "api 24 h aggregate"), ("range_no_session_cache", "api range, session cache off")):
         v = api.get(key)
         if v:
             rows.append((label, fmt(v["rps"], " req/s"), fmt(v["p50_ms"], " ms", 2), fmt(v["p99_ms"], " ms", 2), fmt(v["errors"]), top_cpu(v["processes"])))
@@ -327,7 +328,7 @@ def plot(r, path):
         names.append("MariaDB\ndirect"); vals.append(r["db_ceiling"]["qps"]); colors.append("#999999")
     if r["api"].get("rps") is not None:
         names.append("api\nrange"); vals.append(r["api"]["rps"]); colors.append("#1f77b4")
-    for key, label in (("latest", "api\nlatest"), ("aggregate_24h", "api\n24h agg")):
+    for key, label in (("latest", "api\nlatest"), ("aggregate_24h", "api\n24h agg"), ("range_no_session_cache", "api range\nno sess. cache")):
         if r["api"].get(key):
             names.append(label); vals.append(r["api"][key]["rps"]); colors.append("#6baed6")
     if r["baseline"]["api_rps"] is not None:
