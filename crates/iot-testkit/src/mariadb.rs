@@ -23,8 +23,12 @@ impl MariaDbServer {
     /// Creates the data directory (`mariadb-install-db`, a few seconds) and starts the server.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Its own temporary directory: install-db runs of concurrent tests sharing /tmp failed
+        // deleting each other's internal temporary tables ("Error on delete of '/tmp/#sql-temptable-...'").
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let bin = std::env::var("MARIADB_INSTALL_DB_BIN").unwrap_or_else(|_| "mariadb-install-db".to_string());
         let out = Command::new(bin)
+            .env("TMPDIR", dir.path().join("tmp"))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
@@ -60,6 +64,7 @@ impl MariaDbServer {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let mut child = Command::new(bin)
             .arg("--no-defaults")
+            .arg(format!("--tmpdir={}", self.dir.path().join("tmp").display()))
             .arg(format!("--datadir={}", self.dir.path().join("data").display()))
             .arg(format!("--socket={}", self.dir.path().join("mariadbd.sock").display()))
             .arg(format!("--pid-file={}", self.dir.path().join("mariadbd.pid").display()))
