@@ -6,13 +6,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use iot_testkit::{eventually, unique_suffix};
+use iot_testkit::eventually;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::stack::{Message, Service, Services, Stack, families, sample, total};
 
-const PASSWORD: &str = "correct horse battery staple";
 const READINGS_ROUTE: &str = "/api/v1/devices/{device_id}/readings";
 
 struct Scrape {
@@ -74,34 +73,7 @@ async fn a_known_workload_moves_the_counters_by_exactly_that_much() {
         ingest: true,
     })
     .await;
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let username = format!("admin{}", unique_suffix());
-    let response = http
-        .post(stack.api_url("/api/v1/users"))
-        .json(&json!({"username": username, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let response = http
-        .post(stack.api_url("/api/v1/sessions"))
-        .json(&json!({"username": username, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let device_id = format!("dev-{}", unique_suffix());
-    let response = http
-        .post(stack.api_url("/api/v1/devices"))
-        .json(&json!({"device_id": device_id, "name": "metered"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let (http, device_id) = stack.user_with_device("metered").await;
 
     let before = scrape(&stack).await;
 

@@ -25,6 +25,9 @@ use rumqttc::v5::{
     },
 };
 
+/// The password of the users the tests register through the api.
+pub const PASSWORD: &str = "correct horse battery staple";
+
 /// An MQTT message to publish: topic, payload, user properties.
 pub type Message = (String, Vec<u8>, Vec<(String, String)>);
 
@@ -256,6 +259,32 @@ impl Stack {
             "http://{}{path}",
             self.api.as_ref().expect("api started").addr.unwrap()
         )
+    }
+
+    /// Through the api: registers a new user, logs in (the returned client keeps the session
+    /// cookie) and creates a device of that user named `device_name`; returns the client and the
+    /// device id.
+    pub async fn user_with_device(&self, device_name: &str) -> (reqwest::Client, String) {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let credentials =
+            serde_json::json!({"username": format!("admin{}", unique_suffix()), "password": PASSWORD});
+        for path in ["/api/v1/users", "/api/v1/sessions"] {
+            let response = http.post(self.api_url(path)).json(&credentials).send().await.unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::CREATED, "POST {path}");
+        }
+        let device_id = format!("dev-{}", unique_suffix());
+        let response = http
+            .post(self.api_url("/api/v1/devices"))
+            .json(&serde_json::json!({"device_id": device_id, "name": device_name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED, "POST /api/v1/devices");
+        (http, device_id)
     }
 
     /// Creates a user and these devices straight in storage (no trace context).

@@ -11,11 +11,10 @@ use iot_testkit::{
     unique_suffix,
 };
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::stack::{Services, Stack};
 
-const PASSWORD: &str = "correct horse battery staple";
 
 /// Every span's parent is the remote parent or a span of the same trace: nothing dangles and
 /// nothing of the request went to another trace.
@@ -67,34 +66,7 @@ async fn an_http_request_is_one_trace_across_api_session_storage_redis_and_the_d
         ingest: false,
     })
     .await;
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let username = format!("admin{}", unique_suffix());
-    let response = http
-        .post(stack.api_url("/api/v1/users"))
-        .json(&json!({"username": username, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let response = http
-        .post(stack.api_url("/api/v1/sessions"))
-        .json(&json!({"username": username, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let device_id = format!("dev-{}", unique_suffix());
-    let response = http
-        .post(stack.api_url("/api/v1/devices"))
-        .json(&json!({"device_id": device_id, "name": "traced"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let (http, device_id) = stack.user_with_device("traced").await;
     let mut storage = StorageServiceClient::connect(stack.storage_url())
         .await
         .unwrap();
