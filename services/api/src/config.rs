@@ -53,10 +53,10 @@ pub struct Config {
     /// Largest accepted request body.
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// The head (request line and headers) of a connection's first request must arrive within
-    /// this, or the api answers 408 and closes the connection (slowloris). actix applies it to
-    /// the first request of a connection only; later ones are bounded by --keep-alive only
-    /// until their first byte (see services/api/README.md).
+    /// The head (request line and headers) of every request must arrive within this, or the
+    /// api answers 408 and closes the connection (slowloris): for a connection's first request
+    /// counted from the connection's start (actix), for later ones from their first byte
+    /// (`src/request_deadline.rs`).
     #[arg(long, env = "API_CLIENT_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub client_request_timeout: Duration,
     /// A request body must have arrived completely this long after its head, or the api

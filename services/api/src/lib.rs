@@ -10,6 +10,7 @@ pub mod error;
 pub mod live;
 pub mod middleware;
 pub mod negotiate;
+pub mod request_deadline;
 pub mod routes;
 pub mod session_cache;
 pub mod state;
@@ -17,8 +18,11 @@ pub mod time;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use actix_http::{HttpService, Protocol, error::DispatchError};
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
 use actix_web::{
-    App, HttpServer,
+    App,
+    dev::AppConfig,
     http::StatusCode,
     middleware::{Compress, ErrorHandlers, from_fn},
     web,
@@ -34,6 +38,7 @@ pub use config::{Config, CookieSecure};
 use crate::{
     error::ApiError,
     live::LiveHub,
+    request_deadline::{DeadlineIo, HeadDeadline},
     state::{AppState, Metrics, endpoint, lazy_channel},
 };
 
@@ -48,7 +53,7 @@ pub fn random_token(bytes: usize) -> String {
 pub struct Application {
     pub local_addr: SocketAddr,
     pub ops_addr: SocketAddr,
-    server: actix_web::dev::Server,
+    server: actix_server::Server,
     ops: OpsServer,
     live_task: tokio::task::JoinHandle<()>,
     broker_task: Option<tokio::task::JoinHandle<()>>,
@@ -81,7 +86,7 @@ impl Application {
         let ops = OpsServer::start(config.metrics_addr, registry, readiness, shutdown.clone()).await?;
 
         let max_body = config.max_body_bytes;
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             // Runs once per worker, on the worker's thread.
             let app_state = web::Data::new(state.for_worker(&storage_endpoint, &session_endpoint));
             App::new()
@@ -105,22 +110,57 @@ impl Application {
                 .wrap(Compress::default())
                 .wrap(from_fn(middleware::metrics))
                 .wrap(from_fn(middleware::trace))
+                .wrap(from_fn(request_deadline::track_requests))
                 .configure(routes::configure)
                 .default_service(web::to(middleware::not_found))
-        })
-        .disable_signals()
-        // Long-lived streams end on shutdown themselves; this bounds everything else.
-        .shutdown_timeout(10)
-        .keep_alive(config.keep_alive)
-        .client_request_timeout(config.client_request_timeout)
-        .client_disconnect_timeout(config.client_disconnect_timeout);
-        if config.workers > 0 {
-            server = server.workers(config.workers);
-        }
+        };
         let listener = std::net::TcpListener::bind(config.listen_addr)
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
         let local_addr = listener.local_addr()?;
-        let server = server.listen(listener)?.run();
+        // What actix-web's HttpServer builds (actix-web 4.18 `server.rs`, `listen`), with each
+        // socket wrapped in a DeadlineIo: HttpServer cannot take another I/O type.
+        let mut builder = actix_server::Server::build()
+            .disable_signals()
+            // Long-lived streams end on shutdown themselves; this bounds everything else.
+            .shutdown_timeout(10);
+        if config.workers > 0 {
+            builder = builder.workers(config.workers);
+        }
+        let graceful_shutdown = builder.graceful_shutdown_signal();
+        let head_deadline = HeadDeadline::new(config.client_request_timeout);
+        let (keep_alive, client_request_timeout, client_disconnect_timeout) =
+            (config.keep_alive, config.client_request_timeout, config.client_disconnect_timeout);
+        let builder = builder.listen("iot-api-http", listener, move || {
+            let graceful_shutdown = graceful_shutdown.clone();
+            let head_deadline = head_deadline.clone();
+            let host = local_addr.to_string();
+            let http = HttpService::build()
+                // Idle keep-alive connections close at once when a graceful stop begins.
+                .graceful_shutdown_signal(move || {
+                    let signal = graceful_shutdown.clone();
+                    async move { signal.notified().await }
+                })
+                .keep_alive(keep_alive)
+                .client_request_timeout(client_request_timeout)
+                .client_disconnect_timeout(client_disconnect_timeout)
+                .local_addr(local_addr)
+                .on_connect_ext(|io: &DeadlineIo, data| {
+                    data.insert(io.clock());
+                })
+                .finish(map_config(
+                    app().into_factory().map_err(|error| error.error_response()),
+                    // Host and address for URLs and connection info when a request names no
+                    // host, as HttpServer sets them; AppConfig has no other public constructor.
+                    move |_| AppConfig::__priv_test_new(false, host.clone(), local_addr),
+                ));
+            fn_service(move |socket: tokio::net::TcpStream| {
+                let io = DeadlineIo::new(socket, head_deadline.clone());
+                let peer = io.peer_addr();
+                std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
+            })
+            .and_then(http)
+        })?;
+        let server = builder.run();
         tracing::info!(%local_addr, storage = %config.storage_url, session = %config.session_url, "api listening");
         Ok(Self { local_addr, ops_addr: ops.local_addr, server, ops, live_task, broker_task, shutdown })
     }

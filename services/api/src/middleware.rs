@@ -55,7 +55,8 @@ pub async fn metrics(req: ServiceRequest, next: Next<impl MessageBody>) -> Resul
 
 /// The server span of one request (`iot_runtime::telemetry::http`), child of the caller's
 /// `traceparent` if any. Handlers run inside it, so the gRPC client spans of their
-/// storage/session calls become its children. Outermost, so it sees every request.
+/// storage/session calls become its children. Outermost but for the request clock
+/// (`request_deadline::track_requests`), so it sees every request.
 pub async fn trace(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
     use iot_runtime::telemetry::http::{record_response, server_span};
     use tracing::Instrument;

@@ -9,7 +9,7 @@ use std::{
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -17,7 +17,7 @@ use crate::helpers::{PASSWORD, bare_client, error_code, spawn_app, spawn_app_con
 
 /// Reads until the server closes the connection (or `limit` passes); returns what arrived and
 /// when the connection ended, `None` if it was still open at `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+pub(crate) async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin), limit: Duration) -> (String, Option<Duration>) {
     let started = Instant::now();
     let mut received = Vec::new();
     let mut buf = [0u8; 8192];
@@ -34,12 +34,12 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 }
 
 /// The JSON body of a raw HTTP/1.1 response (after the blank line; not chunked).
-fn raw_json_body(response: &str) -> Value {
+pub(crate) fn raw_json_body(response: &str) -> Value {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON body ({e}): {response}"))
 }
 
-async fn still_serving(app: &crate::helpers::TestApp, client: &reqwest::Client) {
+pub(crate) async fn still_serving(app: &crate::helpers::TestApp, client: &reqwest::Client) {
     let started = Instant::now();
     let response = client.get(app.url("/api/v1/sessions/current")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -27,7 +27,7 @@ async fn whoami(app: &TestApp, sid: &str) -> Option<String> {
     }
 }
 
-async fn login_sid(app: &TestApp, username: &str, planted: Option<&str>) -> String {
+pub(crate) async fn login_sid(app: &TestApp, username: &str, planted: Option<&str>) -> String {
     let mut request = bare_client().post(app.url("/api/v1/sessions")).json(&json!({"username": username, "password": PASSWORD}));
     if let Some(planted) = planted {
         request = request.header(header::COOKIE, format!("sid={planted}"));

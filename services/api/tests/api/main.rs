@@ -12,6 +12,7 @@ mod hostile_sessions;
 mod live;
 mod pages;
 mod readings;
+mod request_deadline;
 mod schemathesis;
 mod resilience;
 mod security;
