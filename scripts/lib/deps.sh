@@ -22,7 +22,8 @@
 # Exported after `source`:
 #   TEST_MYSQL_URL   mysql://root@127.0.0.1:PORT      (server URL, no database)
 #   TEST_REDIS_URL   redis://127.0.0.1:PORT
-#   MOSQUITTO_BIN    path of the mosquitto binary
+#   MOSQUITTO_BIN    path of the mosquitto binary (>= DEPS_MOSQUITTO_MIN when it can be had,
+#                    see deps_ensure_mosquitto)
 #   IOT_MYSQL_HOST/IOT_MYSQL_PORT, IOT_REDIS_PORT     the same, split up (for up.sh)
 #   IOT_TEST_RUNNER  "nextest" or "cargo-test"
 #   IOT_STATE_DIR    scratch state directory
@@ -36,6 +37,7 @@
 #   DEPS_NEXTEST_FROM_SOURCE=1        if cargo-nextest is missing and the prebuilt binary
 #                                     cannot be fetched, build it (slow: minutes on 2 cores)
 #   IOT_STATE_DIR                     scratch directory (default <repo>/.local)
+#   MOSQUITTO_BIN                     use this broker; DEPS_MOSQUITTO_SYSTEM=1: the machine's, whatever its version
 #
 # Written for bash with `set -euo pipefail` in the caller; every function returns non-zero
 # (or exits, when executed directly) with a message on stderr when something is missing.
@@ -378,8 +380,99 @@ deps_install_missing_servers() {
     deps_apt_install "${pkgs[@]}"
 }
 
+# Mosquitto before 2.0.13 mismanages its per-client outgoing quota: once a subscriber's queue
+# overflowed under overload, the messages still queued for it are never sent (measured with
+# Debian 12's 2.0.11: after the first "Outgoing messages are being dropped" the subscriber
+# received 50 more messages in 3.5 s and then nothing, where 2.0.21 delivered the 30,000
+# queued ones; see docs/benchmarks.md). Upstream's 2.0.13 changelog: "Various fixes around
+# inflight quota management". The chart runs 2.0.22; tests, up.sh and the benchmarks
+# should run what production runs.
+DEPS_MOSQUITTO_MIN="${DEPS_MOSQUITTO_MIN:-2.0.13}"
+
+# deps_mosquitto_version BIN : prints e.g. 2.0.21
+deps_mosquitto_version() {
+    "$1" -h 2>&1 | head -n 1 | sed -n 's/^mosquitto version \([0-9][0-9.]*\).*/\1/p'
+}
+
+# _deps_version_at_least HAVE WANT
+_deps_version_at_least() {
+    [[ -n "$1" && "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" == "$2" ]]
+}
+
+# deps_mosquitto_backport : on Debian 12, unpacks Mosquitto from bookworm-backports (with the
+# bookworm library it needs beyond those of Debian's own mosquitto package) into
+# $IOT_STATE_DIR/mosquitto-backport without installing anything: the machine's mosquitto
+# package and service stay as they are. Prints the path of the broker wrapper
+# (bin/mosquitto; bin/ also holds mosquitto_ctrl, _pub, _sub, _passwd and lib/ the
+# dynamic-security plugin). Reuses an earlier download.
+deps_mosquitto_backport() {
+    local dir="$IOT_STATE_DIR/mosquitto-backport" codename work libdir tool f
+    if _deps_version_at_least "$(deps_mosquitto_version "$dir/bin/mosquitto" 2>/dev/null)" "$DEPS_MOSQUITTO_MIN"; then
+        echo "$dir/bin/mosquitto"
+        return 0
+    fi
+    codename="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
+    [[ "$codename" == bookworm ]] && command -v apt-get >/dev/null && command -v dpkg >/dev/null || return 1
+    work="$dir.tmp.$$"
+    rm -rf "$work"
+    mkdir -p "$work/lists/partial" "$work/debs/partial" "$work/root" "$work/bin"
+    printf 'deb http://deb.debian.org/debian %s main\n' bookworm bookworm-backports >"$work/sources.list"
+    local -a apt=(-o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/dev/null
+        -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work/debs" -o Debug::NoLocking=1)
+    deps_log "fetching Mosquitto from Debian bookworm-backports into $dir (not installed system-wide)"
+    if ! { apt-get "${apt[@]}" -qq update >"$work/apt.log" 2>&1 &&
+        (cd "$work/debs" && apt-get "${apt[@]}" -qq download mosquitto/bookworm-backports \
+            libmosquitto1/bookworm-backports mosquitto-clients/bookworm-backports libwebsockets17) >>"$work/apt.log" 2>&1; }; then
+        deps_log "could not fetch it: $(tail -n 2 "$work/apt.log" | tr '\n' ' ')"
+        rm -rf "$work"
+        return 1
+    fi
+    for f in "$work"/debs/*.deb; do dpkg -x "$f" "$work/root"; done
+    libdir="$(find "$work/root/usr/lib" -name 'libmosquitto.so.1' -printf '%h\n' | head -n 1)"
+    [[ -n "$libdir" && -f "$libdir/mosquitto_dynamic_security.so" ]] || {
+        deps_log "unexpected package contents in $work/root"
+        rm -rf "$work"
+        return 1
+    }
+    ln -s "${libdir#"$work/"}" "$work/lib"
+    # Wrappers, so that the unpacked binaries find the unpacked libraries wherever $dir ends up.
+    for tool in sbin/mosquitto bin/mosquitto_ctrl bin/mosquitto_pub bin/mosquitto_sub bin/mosquitto_passwd; do
+        cat >"$work/bin/${tool#*/}" <<WRAPPER
+#!/bin/sh
+# Written by scripts/lib/deps.sh: Mosquitto from Debian bookworm-backports, unpacked (not installed).
+here="\$(cd "\$(dirname "\$0")/.." && pwd)"
+LD_LIBRARY_PATH="\$here/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "\$here/root/usr/$tool" "\$@"
+WRAPPER
+        chmod 755 "$work/bin/${tool#*/}"
+    done
+    chmod -R go+rX "$work"
+    _deps_version_at_least "$(deps_mosquitto_version "$work/bin/mosquitto")" "$DEPS_MOSQUITTO_MIN" || {
+        deps_log "the unpacked broker does not run: $("$work/bin/mosquitto" -h 2>&1 | head -n 2 | tr '\n' ' ')"
+        rm -rf "$work"
+        return 1
+    }
+    rm -rf "$work/lists" "$dir"
+    mv "$work" "$dir"
+    echo "$dir/bin/mosquitto"
+}
+
+# deps_ensure_mosquitto : MOSQUITTO_BIN as given, else the machine's mosquitto when it is at
+# least DEPS_MOSQUITTO_MIN, else the bookworm-backports one (deps_mosquitto_backport), else
+# the machine's old one with a warning. DEPS_MOSQUITTO_SYSTEM=1 takes the machine's as it is.
 deps_ensure_mosquitto() {
-    MOSQUITTO_BIN="${MOSQUITTO_BIN:-$(deps_find_bin mosquitto || true)}"
+    if [[ -z "${MOSQUITTO_BIN:-}" ]]; then
+        local system version backport
+        system="$(deps_find_bin mosquitto || true)"
+        version="$([[ -n "$system" ]] && deps_mosquitto_version "$system" || true)"
+        if [[ -n "${DEPS_MOSQUITTO_SYSTEM:-}" ]] || _deps_version_at_least "$version" "$DEPS_MOSQUITTO_MIN"; then
+            MOSQUITTO_BIN="$system"
+        elif backport="$(deps_mosquitto_backport)"; then
+            MOSQUITTO_BIN="$backport"
+        else
+            deps_log "WARNING: Mosquitto ${version:-(none)} is older than $DEPS_MOSQUITTO_MIN, whose queue can stall under overload; using it anyway"
+            MOSQUITTO_BIN="$system"
+        fi
+    fi
     if [[ -z "$MOSQUITTO_BIN" || ! -x "$MOSQUITTO_BIN" ]]; then
         deps_die "mosquitto not found (MOSQUITTO_BIN=${MOSQUITTO_BIN:-unset})"
         return 1

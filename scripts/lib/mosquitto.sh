@@ -50,10 +50,12 @@ mosquitto_wait_port() {
 # ---------------------------------------------------------------------------------------
 # Broker security (deploy/mosquitto/security/, deploy/mosquitto/dynsec-bootstrap.sh).
 
-# mosquitto_dynsec_plugin : prints the path of this machine's dynamic-security plugin.
+# mosquitto_dynsec_plugin : prints the path of the dynamic-security plugin that belongs to
+# MOSQUITTO_BIN: the one beside it (an unpacked broker, see deps_mosquitto_backport in
+# scripts/lib/deps.sh), else the machine's.
 mosquitto_dynsec_plugin() {
     local d
-    for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib/*-linux-gnu /usr/lib /usr/local/lib; do
+    for d in "$(dirname "${MOSQUITTO_BIN:-/nonexistent/bin/mosquitto}")/../lib" /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib/*-linux-gnu /usr/lib /usr/local/lib; do
         if [[ -f "$d/mosquitto_dynamic_security.so" ]]; then
             echo "$d/mosquitto_dynamic_security.so"
             return 0

@@ -37,17 +37,33 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The plugin that belongs to [`mosquitto_bin`]: beside it for a broker unpacked by
+/// scripts/lib/deps.sh (`bin/mosquitto`, `lib/`), else the machine's.
 fn dynsec_plugin() -> Option<PathBuf> {
-    let candidates = [
+    let beside = mosquitto_bin().and_then(|bin| Some(bin.parent()?.join("../lib")));
+    let system = [
         "/usr/lib/x86_64-linux-gnu",
         "/usr/lib/aarch64-linux-gnu",
         "/usr/lib",
         "/usr/local/lib",
-    ];
-    candidates
-        .iter()
-        .map(|d| Path::new(d).join("mosquitto_dynamic_security.so"))
+    ]
+    .map(PathBuf::from);
+    beside
+        .into_iter()
+        .chain(system)
+        .map(|d| d.join("mosquitto_dynamic_security.so"))
         .find(|p| p.is_file())
+}
+
+/// PATH for the bootstrap script, whose `mosquitto` and `mosquitto_ctrl` must be those of
+/// [`mosquitto_bin`] (scripts/lib/mosquitto.sh does the same).
+fn path_with_broker_tools() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = mosquitto_bin()
+        .and_then(|bin| bin.parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
+    dirs.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 fn mosquitto_bin() -> Option<PathBuf> {
@@ -109,6 +125,7 @@ fn bootstrap(
 ) -> (bool, String) {
     let out = as_broker_user(Path::new("/bin/sh"))
         .arg(script)
+        .env("PATH", path_with_broker_tools())
         .env("DATA_DIR", data)
         .env("PLUGIN", plugin)
         .env("TMPDIR", tmp)
