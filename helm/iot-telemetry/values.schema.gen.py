@@ -66,6 +66,8 @@ OVERRIDES = {
     "storage.migrations.activeDeadlineSeconds": {"type": "integer", "minimum": 1},
     "api.publicMqttPort": {"oneOf": [PORT, {"type": "string", "pattern": r"^([0-9]{1,5})?$"}]},
     "api.cookieSecure": {"type": "string", "enum": ["auto", "always", "never"]},
+    "api.sessionCacheTtl": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)?$"},
+    "api.sessionCacheCapacity": {"type": "integer", "minimum": 1},
     "api.ingress.hosts": {"type": "array", "items": {
         "type": "object", "required": ["host", "paths"], "additionalProperties": False,
         "properties": {"host": {"type": "string"}, "paths": {"type": "array", "items": {

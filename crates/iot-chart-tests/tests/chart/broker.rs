@@ -658,3 +658,20 @@ fn the_api_provisions_device_logins_with_its_account_and_a_tls_only_broker_is_re
         "TLS-only with client certificates required must be refused: {refused:?}"
     );
 }
+
+#[test]
+fn the_api_session_cache_settings_reach_the_api() {
+    let Some(helm) = iot_chart_tests::helm_or_skip("the_api_session_cache_settings_reach_the_api") else {
+        return;
+    };
+    let r = iot_chart_tests::render_with(&helm, "default", &[]).unwrap();
+    let api = env_of(&r, "api");
+    assert_eq!(env_value(&api, "API_SESSION_CACHE_TTL").as_deref(), Some("1s"));
+    assert_eq!(env_value(&api, "API_SESSION_CACHE_CAPACITY").as_deref(), Some("10000"));
+    // An operator who needs revocations to take effect at once on every replica turns it off.
+    let off = ["--set", "api.sessionCacheTtl=0s", "--set", "api.sessionCacheCapacity=50"].map(String::from);
+    let r = iot_chart_tests::render_with(&helm, "session-cache-off", &off).unwrap();
+    let api = env_of(&r, "api");
+    assert_eq!(env_value(&api, "API_SESSION_CACHE_TTL").as_deref(), Some("0s"));
+    assert_eq!(env_value(&api, "API_SESSION_CACHE_CAPACITY").as_deref(), Some("50"));
+}

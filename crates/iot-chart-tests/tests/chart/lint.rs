@@ -87,6 +87,7 @@ fn schema_rejects_bad_values() {
         ("api.httpPort=70000", "/api/httpPort"), // out of range
         ("ingest.resources.limits=null", "/ingest/resources"), // limits are required
         ("api.cookieSecure=sometimes", "/api/cookieSecure"),
+        ("api.sessionCacheTtl=soon", "/api/sessionCacheTtl"),
         (
             "mosquitto.persistence.size=lots",
             "/mosquitto/persistence/size",
