@@ -263,16 +263,76 @@ pub struct Selection {
     pub descending: bool,
 }
 
-/// The device's key and the metrics it has reported (sorted), in one statement: the device row
-/// left-joined to its short primary-key range of `device_metrics`. NOT_FOUND when the device
-/// does not exist or, with `owner`, belongs to another owner: the same answer for both, so a
-/// caller learns nothing about other owners' devices. The owner is compared here rather than in
-/// SQL so that every caller shares one prepared statement.
+/// The device's key and the metrics it has reported (sorted), in one statement (see
+/// [`device_with_owner`]). NOT_FOUND when the device does not exist or, with `owner`, belongs to
+/// another owner: the same answer for both, so a caller learns nothing about other owners'
+/// devices. The owner is compared here rather than in SQL so that every caller shares one
+/// prepared statement.
 pub async fn readable_device(
     conn: &mut AsyncMysqlConnection,
     device_id: &str,
     owner: Option<u64>,
 ) -> Result<(u64, Vec<String>)> {
+    let device = device_with_owner(conn, device_id).await?;
+    readable(device_id, device, owner).map(|device| (device.pk, device.metrics))
+}
+
+/// `device` if it exists and `owner` (if any) owns it, else the NOT_FOUND of a missing device.
+pub fn readable(
+    device_id: &str,
+    device: Option<KnownDevice>,
+    owner: Option<u64>,
+) -> Result<KnownDevice> {
+    device
+        .filter(|device| owner.is_none_or(|owner| owner == device.owner_id))
+        .ok_or_else(|| StorageError::not_found(format!("device {device_id:?} not found")))
+}
+
+/// What a range read last found out about a device: its key, its owner and its metrics
+/// (sorted), so that the next read of it can be one statement (see [`checked_page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownDevice {
+    pub pk: u64,
+    pub owner_id: u64,
+    pub metrics: Vec<String>,
+}
+
+/// Devices by public id, as range reads last found them. Only ever a guess: every read that
+/// uses an entry checks it against the database in the same statement, so a device deleted,
+/// recreated or given a new metric (by this or another replica) is never read from a stale
+/// entry. Bounded: the map is cleared when full, which only costs a lookup again.
+#[derive(Default)]
+pub struct KnownDevices(std::sync::Mutex<HashMap<String, std::sync::Arc<KnownDevice>>>);
+
+impl KnownDevices {
+    const CAPACITY: usize = 100_000;
+
+    pub fn get(&self, device_id: &str) -> Option<std::sync::Arc<KnownDevice>> {
+        self.0.lock().ok()?.get(device_id).cloned()
+    }
+
+    pub fn remember(&self, device_id: &str, device: KnownDevice) {
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() >= Self::CAPACITY && !known.contains_key(device_id) {
+                known.clear();
+            }
+            known.insert(device_id.to_string(), std::sync::Arc::new(device));
+        }
+    }
+
+    pub fn forget(&self, device_id: &str) {
+        if let Ok(mut known) = self.0.lock() {
+            known.remove(device_id);
+        }
+    }
+}
+
+/// The device's key, owner and metrics (sorted), in one statement: the device row left-joined
+/// to its short primary-key range of `device_metrics`. `None` when the device does not exist.
+pub async fn device_with_owner(
+    conn: &mut AsyncMysqlConnection,
+    device_id: &str,
+) -> Result<Option<KnownDevice>> {
     use diesel::NullableExpressionMethods as _;
     // Query builder rather than SQL text, so the prepared statement is reused per connection.
     let rows: Vec<(u64, u64, Option<String>)> = devices_table::table
@@ -286,15 +346,111 @@ pub async fn readable_device(
         .order(device_metrics::metric.nullable().asc())
         .load(conn)
         .await?;
-    let found = <[(u64, u64, Option<String>)]>::first(&rows)
-        .map(|&(pk, owner_id, _)| (pk, owner_id))
-        .filter(|&(_, owner_id)| owner.is_none_or(|owner| owner == owner_id));
-    let Some((pk, _)) = found else {
-        return Err(StorageError::not_found(format!(
-            "device {device_id:?} not found"
-        )));
+    let Some(&(pk, owner_id, _)) = <[(u64, u64, Option<String>)]>::first(&rows) else {
+        return Ok(None);
     };
-    Ok((pk, rows.into_iter().filter_map(|r| r.2).collect()))
+    Ok(Some(KnownDevice {
+        pk,
+        owner_id,
+        metrics: rows.into_iter().filter_map(|r| r.2).collect(),
+    }))
+}
+
+/// SQL type of a [`checked_page`] row: a reading, or the check row (metric NULL).
+type CheckedRow = (diesel::sql_types::Nullable<Varchar>, BigInt, Double);
+
+/// A page read on the strength of a [`KnownDevice`], checked in the same statement.
+#[derive(Debug, PartialEq)]
+pub enum Checked {
+    /// The device is still `known` (same key, owner and, when the selection lists them, the
+    /// same metrics): the page is what `page` would have returned.
+    Page(Vec<Point>, bool),
+    /// The device changed or is gone: nothing was read that can be used.
+    Stale,
+}
+
+/// [`page`] for a device named by a [`KnownDevice`] (`selection.device` is its key), in one
+/// statement that also checks the guess: a last UNION ALL branch returns one row (metric NULL,
+/// sorted first) only while the device row with that key still has the public id and the
+/// owner, and, with `check_metrics`, exactly `known.metrics`. Reading the device and its
+/// readings in one statement also reads them from one snapshot.
+pub async fn checked_page(
+    conn: &mut AsyncMysqlConnection,
+    device_id: &str,
+    known: &KnownDevice,
+    check_metrics: bool,
+    selection: &Selection,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<Checked> {
+    let parts: Vec<(&str, i64, i64)> = selection
+        .metrics
+        .iter()
+        .map(|metric| {
+            let (lo, hi) = bounds(selection, metric, after);
+            (metric.as_str(), lo, hi)
+        })
+        .filter(|(_, lo, hi)| lo < hi)
+        .collect();
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 2) + 1;
+    let order = if selection.descending { "DESC" } else { "ASC" };
+    let part = format!(
+        "(SELECT metric, ts_us, value FROM readings WHERE device_pk = ? AND metric = ? AND ts_us >= ? \
+         AND ts_us < ? ORDER BY ts_us {order} LIMIT ?)"
+    );
+    // Metric names never hold a space (validate::metric), so the joined list is unambiguous.
+    let metrics_check = if check_metrics {
+        " AND (SELECT COALESCE(GROUP_CONCAT(metric ORDER BY metric SEPARATOR ' '), '') \
+         FROM device_metrics WHERE device_pk = ?) = ?"
+    } else {
+        ""
+    };
+    let check = format!(
+        "(SELECT NULL AS metric, CAST(owner_id AS SIGNED) AS ts_us, 0e0 AS value FROM devices \
+         WHERE id = ? AND device_id = ? AND owner_id = ?{metrics_check})"
+    );
+    let mut branches = vec![part.as_str(); parts.len()];
+    branches.push(&check);
+    let sql = format!(
+        "{} ORDER BY metric IS NULL DESC, ts_us {order}, metric {order} LIMIT ?",
+        branches.join(" UNION ALL ")
+    );
+    let mut binds = Vec::with_capacity(parts.len() * 5 + 6);
+    for (metric, lo, hi) in &parts {
+        binds.extend([
+            Bind::U64(known.pk),
+            Bind::Text(metric.to_string()),
+            Bind::I64(*lo),
+            Bind::I64(*hi),
+            Bind::I64(fetch),
+        ]);
+    }
+    binds.extend([
+        Bind::U64(known.pk),
+        Bind::Text(device_id.to_string()),
+        Bind::U64(known.owner_id),
+    ]);
+    if check_metrics {
+        binds.extend([Bind::U64(known.pk), Bind::Text(known.metrics.join(" "))]);
+    }
+    // The check row comes on top of a full page.
+    binds.push(Bind::I64(fetch + 1));
+    let query = CachedSql::<CheckedRow>::new(sql, binds, parts.len() <= MAX_CACHED_PARTS);
+    let rows: Vec<(Option<String>, i64, f64)> = query.load(conn).await?;
+    let mut rows = rows.into_iter();
+    if !matches!(rows.next(), Some((None, _, _))) {
+        return Ok(Checked::Stale);
+    }
+    let mut points: Vec<Point> = rows
+        .map(|(metric, ts_us, value)| Point {
+            metric: metric.unwrap_or_default(),
+            ts_us,
+            value,
+        })
+        .collect();
+    let more = points.len() > limit;
+    points.truncate(limit);
+    Ok(Checked::Page(points, more))
 }
 
 /// The `[lo, hi)` time bounds of one metric's part of a page that starts after `after`.

@@ -32,6 +32,7 @@ pub struct StorageApi {
     passwords: Arc<Passwords>,
     metrics: Arc<Metrics>,
     known_metrics: Arc<readings::KnownMetrics>,
+    known_devices: Arc<readings::KnownDevices>,
 }
 
 impl StorageApi {
@@ -41,6 +42,7 @@ impl StorageApi {
             passwords,
             metrics,
             known_metrics: Arc::default(),
+            known_devices: Arc::default(),
         }
     }
 
@@ -154,7 +156,11 @@ fn range_request(request: &pb::QueryReadingsRequest) -> Result<RangeRequest> {
 
 /// Which device and metrics a range read covers; NOT_FOUND for an unknown device or, when the
 /// request names an owner, for another owner's device.
-async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> Result<Selection> {
+async fn selection(
+    conn: &mut AsyncMysqlConnection,
+    request: &RangeRequest,
+    known_devices: &readings::KnownDevices,
+) -> Result<Selection> {
     let (device, metrics) = match (&request.metric, request.owner) {
         // One metric of any owner's device: the page query itself resolves the device (see
         // DeviceKey), one statement in all.
@@ -164,12 +170,17 @@ async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> R
         ),
         // Otherwise one statement resolves the device, checks its owner and lists its metrics.
         (metric, owner) => {
-            let (pk, known) = readings::readable_device(conn, &request.device_id, owner).await?;
+            let device = readings::device_with_owner(conn, &request.device_id).await?;
+            match &device {
+                Some(device) => known_devices.remember(&request.device_id, device.clone()),
+                None => known_devices.forget(&request.device_id),
+            }
+            let device = readings::readable(&request.device_id, device, owner)?;
             let metrics = match metric {
                 Some(metric) => vec![metric.clone()],
-                None => known,
+                None => device.metrics,
             };
-            (DeviceKey::Pk(pk), metrics)
+            (DeviceKey::Pk(device.pk), metrics)
         }
     };
     Ok(Selection {
@@ -181,16 +192,71 @@ async fn selection(conn: &mut AsyncMysqlConnection, request: &RangeRequest) -> R
     })
 }
 
+/// The page of a device read before, in one statement that also checks what is known about it
+/// (`readings::checked_page`); `None` when the device is not known, or no longer as it was.
+async fn known_device_page(
+    conn: &mut AsyncMysqlConnection,
+    request: &RangeRequest,
+    known_devices: &readings::KnownDevices,
+) -> Result<Option<(Vec<readings::Point>, bool)>> {
+    // One metric of any owner's device is one statement without this (see `selection`).
+    if request.metric.is_some() && request.owner.is_none() {
+        return Ok(None);
+    }
+    let Some(known) = known_devices.get(&request.device_id) else {
+        return Ok(None);
+    };
+    // Another owner's device takes the lookup, which answers as for a missing device.
+    if request.owner.is_some_and(|owner| owner != known.owner_id) {
+        return Ok(None);
+    }
+    let (metrics, check_metrics) = match &request.metric {
+        Some(metric) => (vec![metric.clone()], false),
+        None => (known.metrics.clone(), true),
+    };
+    let selection = Selection {
+        device: DeviceKey::Pk(known.pk),
+        metrics,
+        from_us: request.from_us,
+        to_us: request.to_us,
+        descending: request.descending,
+    };
+    let page = readings::checked_page(
+        conn,
+        &request.device_id,
+        &known,
+        check_metrics,
+        &selection,
+        request.cursor.as_ref(),
+        request.limit,
+    )
+    .await?;
+    match page {
+        readings::Checked::Page(points, more) => Ok(Some((points, more))),
+        readings::Checked::Stale => {
+            known_devices.forget(&request.device_id);
+            Ok(None)
+        }
+    }
+}
+
 async fn query_page(
     conn: &mut AsyncMysqlConnection,
     request: &RangeRequest,
+    known_devices: &readings::KnownDevices,
 ) -> Result<pb::QueryReadingsResponse> {
-    let selection = selection(conn, request).await?;
-    let (points, more) =
-        readings::page(conn, &selection, request.cursor.as_ref(), request.limit).await?;
-    if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
-        devices::pk(conn, &request.device_id).await?;
-    }
+    let (points, more) = match known_device_page(conn, request, known_devices).await? {
+        Some(page) => page,
+        None => {
+            let selection = selection(conn, request, known_devices).await?;
+            let (points, more) =
+                readings::page(conn, &selection, request.cursor.as_ref(), request.limit).await?;
+            if points.is_empty() && matches!(selection.device, DeviceKey::Id(_)) {
+                devices::pk(conn, &request.device_id).await?;
+            }
+            (points, more)
+        }
+    };
     let next_cursor = match (more, points.last()) {
         (true, Some(last)) => Cursor {
             ts_us: last.ts_us,
@@ -508,7 +574,7 @@ impl StorageService for StorageApi {
         self.observe("QueryReadings", async {
             let range = range_request(&request)?;
             self.db
-                .run(async |conn| query_page(conn, &range).await)
+                .run(async |conn| query_page(conn, &range, &self.known_devices).await)
                 .await
         })
         .await
@@ -525,7 +591,7 @@ impl StorageService for StorageApi {
             let range = range_request(&request)?;
             let selection = self
                 .db
-                .run(async |conn| selection(conn, &range).await)
+                .run(async |conn| selection(conn, &range, &self.known_devices).await)
                 .await?;
             // Two chunks in flight: the next page is read while the client takes the last one.
             let (tx, rx) = tokio::sync::mpsc::channel(2);

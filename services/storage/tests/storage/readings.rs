@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use iot_proto::storage::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{TestApp, code, query, reading, spawn_app};
+use crate::helpers::{TestApp, code, connect, query, reading, spawn_app, start};
 
 async fn app_with_device(device_id: &str) -> TestApp {
     let mut app = spawn_app().await;
@@ -798,4 +798,100 @@ async fn reads_with_an_owner_see_only_that_owners_devices() {
             .len(),
         1
     );
+}
+
+/// A range read of a device read before is one statement built from what the first read found
+/// (its key, owner and metrics), checked in that statement. Changes made through another
+/// replica, which this one never hears of, must show at once.
+#[tokio::test]
+async fn a_device_read_before_is_read_as_it_is_now() {
+    let mut app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let other = start(iot_storage::Config::for_tests(&app.db.url)).await;
+    let mut replica = connect(other.grpc_addr).await;
+    app.device(alice.id, "d").await;
+    app.write(vec![reading("d", "t", 1_000_000, 1.0)]).await;
+    let owned = |owner_id, metric: &str| pb::QueryReadingsRequest {
+        owner_id,
+        ..query("d", metric, 0, 0, 0)
+    };
+    let read = async |client: &mut crate::helpers::Client, owner_id, metric: &str| {
+        client
+            .query_readings(owned(owner_id, metric))
+            .await
+            .map(|r| got(&r.into_inner().readings))
+    };
+    for _ in 0..2 {
+        for owner_id in [alice.id, 0] {
+            assert_eq!(
+                read(&mut app.client, owner_id, "").await.unwrap(),
+                vec![(1_000_000, "t".into(), 1.0)]
+            );
+        }
+    }
+
+    // A new metric, written through the other replica, is part of the next page.
+    replica
+        .write_readings(pb::WriteReadingsRequest {
+            readings: vec![reading("d", "h", 1_000_000, 2.0)],
+        })
+        .await
+        .unwrap();
+    for owner_id in [alice.id, 0] {
+        assert_eq!(
+            read(&mut app.client, owner_id, "").await.unwrap(),
+            vec![(1_000_000, "h".into(), 2.0), (1_000_000, "t".into(), 1.0)]
+        );
+    }
+
+    // Deleted there: not found here, with or without an owner or a metric.
+    let delete = pb::DeleteDeviceRequest {
+        device_id: "d".into(),
+    };
+    replica.delete_device(delete.clone()).await.unwrap();
+    for owner_id in [alice.id, 0] {
+        for metric in ["", "t"] {
+            let status = read(&mut app.client, owner_id, metric).await.unwrap_err();
+            assert_eq!(status.code(), Code::NotFound, "owner {owner_id}, metric {metric:?}");
+        }
+    }
+
+    // Recreated there for another owner: the old owner no longer reads it, the new one does.
+    replica
+        .create_device(pb::CreateDeviceRequest {
+            device_id: "d".into(),
+            owner_id: bob.id,
+            name: "Bob's".into(),
+            attributes_json: String::new(),
+        })
+        .await
+        .unwrap();
+    replica
+        .write_readings(pb::WriteReadingsRequest {
+            readings: vec![reading("d", "x", 2_000_000, 3.0)],
+        })
+        .await
+        .unwrap();
+    for metric in ["", "x"] {
+        let status = read(&mut app.client, alice.id, metric).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "metric {metric:?}");
+        for owner_id in [bob.id, 0] {
+            assert_eq!(
+                read(&mut app.client, owner_id, metric).await.unwrap(),
+                vec![(2_000_000, "x".into(), 3.0)]
+            );
+        }
+    }
+
+    // Recreated once more, without readings: empty for its owner, not found for the last one.
+    replica.delete_device(delete).await.unwrap();
+    app.device(alice.id, "d").await;
+    for _ in 0..2 {
+        assert_eq!(read(&mut app.client, alice.id, "").await.unwrap(), vec![]);
+        let status = read(&mut app.client, bob.id, "").await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+    other.shutdown.cancel();
+    let _ = other.task.await;
 }
