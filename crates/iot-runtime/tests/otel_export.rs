@@ -78,12 +78,15 @@ async fn scenario() {
     let consumer =
         telemetry::mqtt::process_span("devices/d1/telemetry", "$share/ingest/devices/+/telemetry", &props, 42);
     consumer.in_scope(|| tracing::info!("processing"));
-    drop(consumer);
-    // ... a batch links to it (and to nothing for a message without context) ...
-    let untraced: Vec<(String, String)> = Vec::new();
-    let batch =
-        telemetry::mqtt::batch_span("$share/ingest/devices/+/telemetry", [props.as_slice(), untraced.as_slice()]);
+    // ... with a message without context (its process span starts a trace of its own) in the
+    // same batch, whose span continues the traced message and links to the other one, as ingest
+    // builds it ...
+    let untraced = telemetry::mqtt::process_span("devices/d2/telemetry", "$share/ingest/devices/+/telemetry", &[], 7);
+    let untraced_trace = telemetry::trace_id(&untraced).expect("the untraced message's span is recorded");
+    let batch = telemetry::mqtt::batch_span_of("$share/ingest/devices/+/telemetry", &consumer, [&consumer, &untraced]);
     drop(batch);
+    drop(untraced);
+    drop(consumer);
     // ... and an HTTP server continues it from the headers (as pairs, the way the actix api passes them).
     let mut request_headers: Vec<(String, String)> = headers.clone();
     request_headers.push(("User-Agent".into(), "curl/8".into()));
@@ -175,9 +178,12 @@ async fn scenario() {
     assert_eq!(consumer.attr("messaging.operation.type"), Some("process"));
     assert_eq!(consumer.attr("messaging.message.body.size"), Some("42"));
     let batch = one(&trace, |s| s.attr("messaging.batch.message_count").is_some(), &all);
-    assert_eq!(batch.parent_span_id.as_deref(), Some(root_span.span_id.as_str()), "continues the traced message");
+    assert_eq!(batch.parent_span_id.as_deref(), Some(consumer.span_id.as_str()), "continues the traced message");
     assert_eq!(batch.attr("messaging.batch.message_count"), Some("2"));
-    assert_eq!(batch.links, vec![format!("{root_trace}:{}", root_span.span_id)], "linked to the traced message");
+    let untraced = one(&spans, |s| s.attr("messaging.destination.name") == Some("devices/d2/telemetry"), &all);
+    assert_eq!(untraced.trace_id, untraced_trace);
+    assert_ne!(untraced.trace_id, root_trace, "a message without context starts its own trace");
+    assert_eq!(batch.links, vec![format!("{untraced_trace}:{}", untraced.span_id)], "linked to the other message");
     let http_server = one(&trace, |s| s.attr("http.request.method") == Some("GET"), &all);
     assert_eq!(http_server.kind, CollectedSpan::KIND_SERVER);
     assert_eq!(http_server.parent_span_id.as_deref(), Some(root_span.span_id.as_str()));

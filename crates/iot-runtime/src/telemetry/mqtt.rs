@@ -76,47 +76,6 @@ pub fn process_span(
     span
 }
 
-/// The span of processing a batch of messages (kind consumer). It continues the trace of the
-/// first message that carried a `traceparent` (so a single traced message is followed end to
-/// end, into storage), and links to every traced message of the batch, that one included (a
-/// batch has many origins; links are how OpenTelemetry records them). Without any traced
-/// message it is a child of the current span, or a new trace. `messages` yields each
-/// message's user properties.
-pub fn batch_span<'a, I>(subscription: &str, messages: I) -> tracing::Span
-where
-    I: IntoIterator<Item = &'a [(String, String)]>,
-{
-    let span = tracing::info_span!(
-        "mqtt.process_batch",
-        otel.name = %format_args!("process {subscription}"),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = super::semconv::MESSAGING_SYSTEM_MQTT,
-        messaging.operation.type = "process",
-        messaging.destination.subscription.name = subscription,
-        messaging.batch.message_count = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    let mut count = 0_i64;
-    let mut parent = None;
-    for properties in messages {
-        count += 1;
-        if let Some(cx) = extract_user_properties(properties) {
-            if let Some(linked) = super::remote_span_context(&cx) {
-                super::OpenTelemetrySpanExt::add_link(&span, linked);
-            }
-            parent.get_or_insert(cx);
-        }
-    }
-    if let Some(parent) = parent {
-        super::set_parent(&span, parent);
-    }
-    span.record("messaging.batch.message_count", count);
-    super::record_trace_id(&span);
-    span
-}
-
 /// The span of writing a batch of received messages (kind consumer), when each message has a
 /// [`process_span`] that lives until the message is settled: a child of `parent` (the process
 /// span of the batch's first traced message, so that its trace runs on into storage) and linked
