@@ -3,7 +3,9 @@ use iot_api::{Config, run};
 use iot_runtime::{CancellationToken, logging, shutdown_signal};
 
 // Per-thread free lists: a request allocates and frees hundreds of small buffers (rows, protos,
-// JSON), which glibc malloc served at a measurable share of the CPU.
+// JSON), which glibc malloc served at a measurable share of the CPU. The price is memory:
+// after a 32-connection range-query run RSS was about 26 MB (storage) and 32 MB (api), against
+// 14 and 13 MB with glibc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
