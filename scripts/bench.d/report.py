@@ -209,7 +209,9 @@ def main():
     }
     result = {
         "machine": {k: meta.get(k) for k in ("cores", "cpu", "mem_mib", "kernel", "mariadb", "mariadb_settings", "mosquitto", "loadavg_at_start", "note")},
-        "run": {k: meta.get(k) for k in ("stamp", "git", "quick", "duration_s", "api_duration_s", "devices", "connections", "inflight", "metrics", "api_connections")},
+        "run": {k: meta.get(k) for k in ("stamp", "git", "quick", "duration_s", "api_duration_s", "devices", "connections", "inflight", "metrics", "api_connections", "broker_setup")},
+        # Devices' broker accounts (secured broker): how long provisioning them took.
+        "broker_provisioning": (load(run, "setup") or {}).get("broker"),
         "run_dir": os.path.relpath(run, os.path.dirname(os.path.abspath(a.out))),
         "ingest": ingest,
         "broker_ceiling_msgs_per_s": broker,
@@ -251,6 +253,18 @@ def top_cpu(processes, n=4):
     items = [(k, v["cpu_pct"]) for k, v in (processes or {}).items() if v.get("cpu_pct") is not None]
     items.sort(key=lambda kv: -kv[1])
     return ", ".join(f"{k} {v:.0f}%" for k, v in items[:n])
+
+
+def broker_text(r):
+    """Which broker setup ran, and its version."""
+    m, setup = r["machine"], r["run"].get("broker_setup")
+    if setup == "secured":
+        what = "secured (dynamic-security plugin, one account and role per device, service accounts for ingest/api)"
+    elif setup == "anonymous":
+        what = "anonymous (DEVELOPMENT ONLY: dev/allow-anonymous.conf, no logins or ACLs)"
+    else:
+        what = "setup not recorded (before the secured default: anonymous)"
+    return f"{what}; {m.get('mosquitto')}"
 
 
 def render_table(r):
@@ -296,6 +310,7 @@ def render_table(r):
             rss[k] = max(rss.get(k, 0), p["peak_rss_mib"] or 0)
     if rss:
         lines.append("peak RSS during ingest (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items()) if not k.startswith("loadgen")))
+    lines.append("broker: " + broker_text(r))
     m = r["machine"]
     lines.append(f"machine: {m.get('cores')} cores, {m.get('cpu')}; load at start {m.get('loadavg_at_start')}" + (f"; note: {m['note']}" if m.get("note") else ""))
     return "\n".join(lines)
@@ -363,7 +378,7 @@ def plot(r, path):
     ax.legend()
     m = r["machine"]
     fig.suptitle(f"scripts/bench{' --quick' if r['run'].get('quick') else ''} {r['run'].get('stamp')}: {r['run'].get('duration_s')} s ingest phases, "
-                 f"{r['run'].get('api_duration_s')} s API phases; {m.get('cores')} cores ({m.get('cpu')})" + (" - other work was running" if m.get("note") else ""), fontsize=10)
+                 f"{r['run'].get('api_duration_s')} s API phases; {r['run'].get('broker_setup') or '?'} broker; {m.get('cores')} cores ({m.get('cpu')})" + (" - other work was running" if m.get("note") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -380,6 +395,7 @@ def write_docs(r, table, path, plot_name):
     m = r["machine"]
     block.append(f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_mib')} MiB, {m.get('mariadb')}, {m.get('mosquitto')}; "
                  f"load average at start {m.get('loadavg_at_start')}.")
+    block += ["", f"Broker: {broker_text(r)}."]
     if m.get("note"):
         block += ["", f"**Note:** {m['note']}"]
     block += ["", "```", table, "```", ""]

@@ -1,9 +1,10 @@
 //! Tools for `scripts/bench` (not a service): a QoS 1 load generator that also measures what
 //! was stored and how late, a subscriber that only counts, a direct-to-MariaDB range-query
-//! load, and device registration through storage's gRPC API. Every command prints one JSON
+//! load, and device registration through storage's gRPC API (and on the secured broker). Every command prints one JSON
 //! object on stdout; progress goes to stderr.
 
 mod dbquery;
+mod provision;
 mod publish;
 mod setup;
 mod stats;
@@ -26,7 +27,7 @@ enum Command {
     CountSub(subscribe::Args),
     /// Range queries straight to MariaDB over N connections (the database's own rate).
     DbQuery(dbquery::Args),
-    /// Create the owner user and the devices through storage's gRPC API.
+    /// Create the owner user and the devices through storage's gRPC API (and their broker accounts).
     Setup(setup::Args),
 }
 

@@ -84,6 +84,11 @@ pub struct Args {
     drain_stall: f64,
     #[arg(long, default_value_t = 30.0)]
     ack_timeout: f64,
+    /// Secured broker: each device logs in as itself (username = client id = device id) with
+    /// the password `iot-bench setup --provision` derived from this secret. Needs one
+    /// connection per device (a device's account may publish only to its own topic).
+    #[arg(long, env = "BENCH_DEVICE_PASSWORD_SECRET", hide_env_values = true)]
+    password_secret: Option<String>,
 }
 
 pub fn metric_names(n: usize) -> Vec<String> {
@@ -168,22 +173,39 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
 
     // Connections.
     let connections = if args.connections == 0 { args.devices } else { args.connections.min(args.devices) };
+    let secret = args.password_secret.as_deref().filter(|s| !s.is_empty());
+    anyhow::ensure!(
+        secret.is_none() || connections == args.devices,
+        "with device logins (--password-secret) every device needs its own connection (--connections 0)"
+    );
     let run_id: u32 = rand::random();
     let acked = Arc::new(AtomicU64::new(0));
     let published = Arc::new(AtomicU64::new(0));
     let conn_errors = Arc::new(AtomicU64::new(0));
     let connected = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_loops = tokio_util_like::Token::default();
     let mut clients = Vec::with_capacity(connections);
     let mut loops = tokio::task::JoinSet::new();
     for c in 0..connections {
-        let mut options = MqttOptions::new(format!("bench-pub-{run_id:08x}-{c}"), args.host.clone(), args.port);
+        let mut options = match secret {
+            // The broker binds each device's account to its client id.
+            Some(secret) => {
+                let device_id = (c + 1).to_string();
+                let password = crate::provision::device_password(secret, &device_id);
+                let mut options = MqttOptions::new(device_id.clone(), args.host.clone(), args.port);
+                options.set_credentials(device_id, password);
+                options
+            }
+            None => MqttOptions::new(format!("bench-pub-{run_id:08x}-{c}"), args.host.clone(), args.port),
+        };
         options.set_keep_alive(Duration::from_secs(60)).set_clean_session(true).set_inflight(args.inflight.max(1));
         // A short request queue: what is queued when the window closes is still sent afterwards.
         let (client, mut eventloop) = AsyncClient::new(options, usize::from(args.inflight) + 8);
         clients.push(client);
         let (acked, conn_errors, connected, stop) = (acked.clone(), conn_errors.clone(), connected.clone(), stop_loops.clone());
+        let refused = refused.clone();
         let closing = closing.clone();
         loops.spawn(async move {
             loop {
@@ -202,6 +224,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
                     // The broker closing connections after our DISCONNECT is not an error.
                     Err(_) if closing.load(Ordering::Relaxed) => return,
                     Err(e) => {
+                        if matches!(e, rumqttc::ConnectionError::ConnectionRefused(_)) {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         if conn_errors.fetch_add(1, Ordering::Relaxed) < 5 {
                             eprintln!("publish: MQTT connection error: {e}");
                         }
@@ -217,8 +242,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     }
     anyhow::ensure!(
         connected.load(Ordering::Relaxed) >= connections as u64,
-        "only {} of {connections} MQTT connections were accepted",
-        connected.load(Ordering::Relaxed)
+        "only {} of {connections} MQTT connections were accepted ({} logins refused)",
+        connected.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
     );
 
     // Latency poller.
@@ -370,6 +396,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "unacked": published_total.saturating_sub(acked_total),
         "drain_s": round2(drain_s),
         "mqtt_errors": mqtt_errors,
+        "logins_refused": refused.load(Ordering::Relaxed),
+        "device_logins": secret.is_some(),
         // How fast the backlog went once the publishers had stopped (and freed their CPU).
         "drain_msgs_per_s": if drain_s > 0.5 { round2(stored.saturating_sub(stored_at_end) as f64 / drain_s) } else { 0.0 },
         "latency": latency,

@@ -1,5 +1,6 @@
 //! Registers the benchmark's owner user and devices "1".."N" through storage's gRPC API (the
-//! way the api does it), a few requests at a time.
+//! way the api does it), a few requests at a time; with `--provision`, also gives each device
+//! its account on the secured broker (crate::provision).
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
@@ -21,6 +22,8 @@ pub struct Args {
     password: String,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    #[command(flatten)]
+    broker: crate::provision::BrokerArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
@@ -65,5 +68,10 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         .buffer_unordered(args.concurrency.max(1))
         .try_fold(0_u64, |acc, n| async move { Ok(acc + n) })
         .await?;
-    Ok(json!({"owner_id": owner_id, "devices_created": created}))
+    let broker = if args.broker.provision {
+        crate::provision::provision(&args.broker, args.devices).await.context("provisioning the devices on the broker")?
+    } else {
+        serde_json::Value::Null
+    };
+    Ok(json!({"owner_id": owner_id, "devices_created": created, "broker": broker}))
 }
