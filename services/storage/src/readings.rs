@@ -383,15 +383,7 @@ pub async fn checked_page(
     after: Option<&Cursor>,
     limit: usize,
 ) -> Result<Checked> {
-    let parts: Vec<(&str, i64, i64)> = selection
-        .metrics
-        .iter()
-        .map(|metric| {
-            let (lo, hi) = bounds(selection, metric, after);
-            (metric.as_str(), lo, hi)
-        })
-        .filter(|(_, lo, hi)| lo < hi)
-        .collect();
+    let parts = metric_ranges(selection, after);
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 2) + 1;
     let order = if selection.descending { "DESC" } else { "ASC" };
     let part = format!(
@@ -479,6 +471,20 @@ fn bounds(selection: &Selection, metric: &str, after: Option<&Cursor>) -> (i64, 
     (lo, hi)
 }
 
+/// Each selected metric with the time range still to read for it (after `after`); metrics
+/// with nothing left are left out.
+fn metric_ranges<'a>(selection: &'a Selection, after: Option<&Cursor>) -> Vec<(&'a str, i64, i64)> {
+    selection
+        .metrics
+        .iter()
+        .map(|metric| {
+            let (lo, hi) = bounds(selection, metric, after);
+            (metric.as_str(), lo, hi)
+        })
+        .filter(|(_, lo, hi)| lo < hi)
+        .collect()
+}
+
 /// One page of at most `limit` points after `after`, plus whether more follow, in one query.
 /// Each metric is its own primary-key range scan that stops after `limit + 1` rows; the
 /// UNION ALL of those is merged in (ts_us, metric) order. A plain `metric IN (...)` would
@@ -489,15 +495,7 @@ pub async fn page(
     after: Option<&Cursor>,
     limit: usize,
 ) -> Result<(Vec<Point>, bool)> {
-    let parts: Vec<(&str, i64, i64)> = selection
-        .metrics
-        .iter()
-        .map(|metric| {
-            let (lo, hi) = bounds(selection, metric, after);
-            (metric.as_str(), lo, hi)
-        })
-        .filter(|(_, lo, hi)| lo < hi)
-        .collect();
+    let parts = metric_ranges(selection, after);
     if parts.is_empty() {
         return Ok((Vec::new(), false));
     }
