@@ -18,7 +18,8 @@ pub struct Args {
     devices: usize,
     #[arg(long, default_value = "bench")]
     username: String,
-    #[arg(long, default_value = "bench-password")]
+    /// The owner's api password (from the environment, so that it is not on a command line).
+    #[arg(long, env = "BENCH_API_PASSWORD", hide_env_values = true, default_value = "bench-password")]
     password: String,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
