@@ -73,6 +73,7 @@ bad_values=(
   "jaeger.enabled=true"
   "api.cookieSecure=sometimes"
   "ingest.autoscaling.targetCPUUtilizationPercentage=150"
+  "ingest.mqttConnections=0"
 )
 for bad in "${bad_values[@]}"; do
   if "$HELM" lint --strict "$CHART" --set "$bad" >"$OUT/neg.log" 2>&1; then

@@ -68,6 +68,7 @@ OVERRIDES = {
     "api.cookieSecure": {"type": "string", "enum": ["auto", "always", "never"]},
     "api.sessionCacheTtl": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h|d)?$"},
     "api.sessionCacheCapacity": {"type": "integer", "minimum": 1},
+    "ingest.mqttConnections": {"type": "integer", "minimum": 1, "maximum": 64},
     "api.ingress.hosts": {"type": "array", "items": {
         "type": "object", "required": ["host", "paths"], "additionalProperties": False,
         "properties": {"host": {"type": "string"}, "paths": {"type": "array", "items": {

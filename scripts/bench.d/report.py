@@ -214,7 +214,7 @@ def main():
     }
     result = {
         "machine": {k: meta.get(k) for k in ("cores", "cpu", "mem_mib", "kernel", "mariadb", "mariadb_settings", "mosquitto", "loadavg_at_start", "note")},
-        "run": {k: meta.get(k) for k in ("stamp", "git", "quick", "duration_s", "api_duration_s", "devices", "connections", "inflight", "metrics", "api_connections", "broker_setup")},
+        "run": {k: meta.get(k) for k in ("stamp", "git", "quick", "duration_s", "api_duration_s", "devices", "connections", "inflight", "metrics", "api_connections", "consumer_connections", "broker_setup")},
         # Devices' broker accounts (secured broker): how long provisioning them took.
         "broker_provisioning": (load(run, "setup") or {}).get("broker"),
         "run_dir": os.path.relpath(run, os.path.dirname(os.path.abspath(a.out))),
@@ -276,7 +276,8 @@ def render_table(r):
     rows = [("what", "throughput", "p50", "p99", "lost/errors", "CPU (100% = 1 core)")]
     bc = r.get("broker_ceiling")
     if bc:
-        rows.append(("broker ceiling (counting subscriber)", fmt(r["broker_ceiling_msgs_per_s"], " msg/s"), "", "", fmt(bc.get("lost")), top_cpu(bc["processes"])))
+        conns = r["run"].get("consumer_connections") or 1
+        rows.append((f"broker ceiling (counting subscriber, {conns} conn.)", fmt(r["broker_ceiling_msgs_per_s"], " msg/s"), "", "", fmt(bc.get("lost")), top_cpu(bc["processes"])))
     for key, label in (("replicas_1", "ingest, 1 replica"), ("replicas_2", "ingest, 2 replicas")):
         v = r["ingest"].get(key)
         if not v:
@@ -410,7 +411,8 @@ def write_docs(r, table, path, plot_name):
     block = [BEGIN, "", f"Run `{r['run'].get('stamp')}` at commit `{r['run'].get('git')}`"
              f" ({'`--quick`' if r['run'].get('quick') else 'full'}: {r['run'].get('duration_s')} s per ingest phase, "
              f"{r['run'].get('api_duration_s')} s per API phase, {r['run'].get('devices')} devices, "
-             f"{r['run'].get('metrics')} metrics per message).", ""]
+             f"{r['run'].get('metrics')} metrics per message, "
+             f"{r['run'].get('consumer_connections') or 1} MQTT connections per consumer).", ""]
     m = r["machine"]
     block.append(f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('mem_mib')} MiB, {m.get('mariadb')}, {m.get('mosquitto')}; "
                  f"load average at start {m.get('loadavg_at_start')}.")

@@ -7,7 +7,8 @@
 //!   password and that role. The password is [`device_password`] of a per-run secret, so the
 //!   load generator can compute it without a credentials file;
 //! - one account for the measuring subscribers (the counting subscriber and the reference
-//!   baseline's ingest): role `bench-subscriber`, subscribe `devices/+/telemetry`.
+//!   baseline's ingest): role `bench-subscriber`, subscribe `devices/+/telemetry` (also as the
+//!   shared group `$share/bench-count/`).
 //!
 //! Many commands go into one control message (the plugin takes a `commands` array and answers
 //! them in order in one response message); every answer is checked.
@@ -98,9 +99,9 @@ fn device_commands(device_id: &str, password: &str) -> Vec<Command> {
 }
 
 fn subscriber_commands(username: &str, password: &str) -> Vec<Command> {
-    let acl = |acltype: &str| {
+    let acl = |acltype: &str, topic: &str| {
         json!({"command": "addRoleACL", "rolename": SUBSCRIBER_ROLE, "acltype": acltype,
-               "topic": "devices/+/telemetry", "allow": true})
+               "topic": topic, "allow": true})
     };
     vec![
         Command {
@@ -108,8 +109,13 @@ fn subscriber_commands(username: &str, password: &str) -> Vec<Command> {
                          "textname": "scripts/bench: counting subscriber and the reference baseline's ingest"}),
             tolerated: &["Role already exists"],
         },
-        Command { body: acl("subscribePattern"), tolerated: &["ACL with this topic already exists"] },
-        Command { body: acl("publishClientReceive"), tolerated: &["ACL with this topic already exists"] },
+        Command { body: acl("subscribePattern", "devices/+/telemetry"), tolerated: &["ACL with this topic already exists"] },
+        // count-sub --connections K: the subscribe check sees the whole $share/... filter.
+        Command {
+            body: acl("subscribePattern", "$share/bench-count/devices/+/telemetry"),
+            tolerated: &["ACL with this topic already exists"],
+        },
+        Command { body: acl("publishClientReceive", "devices/+/telemetry"), tolerated: &["ACL with this topic already exists"] },
         Command { body: json!({"command": "deleteClient", "username": username}), tolerated: &["Client not found"] },
         Command {
             body: json!({"command": "createClient", "username": username, "password": password,

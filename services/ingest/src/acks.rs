@@ -55,7 +55,8 @@ impl Acker {
         let mut state = self.lock();
         state.held += 1;
         state.received_total += 1;
-        self.metrics.inflight_messages.set(state.held as i64);
+        // A gauge shared by every connection's acker (and the restart guard's): inc/dec.
+        self.metrics.inflight_messages.inc();
     }
 
     /// The connection ended: forget the pending acks and start a new generation. Must be
@@ -73,8 +74,10 @@ impl Acker {
     /// A message is committed or rejected: acknowledge it and every consecutive one after it.
     pub fn done(&self, generation: u64, seq: u64, publish: Publish) {
         let mut state = self.lock();
-        state.held = state.held.saturating_sub(1);
-        self.metrics.inflight_messages.set(state.held as i64);
+        if state.held > 0 {
+            state.held -= 1;
+            self.metrics.inflight_messages.dec();
+        }
         if generation != state.generation {
             return;
         }

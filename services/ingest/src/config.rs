@@ -37,6 +37,15 @@ pub struct Config {
     /// host name, which in Kubernetes is the StatefulSet pod name (`iot-ingest-0`, ...).
     #[arg(long, env = "INGEST_CLIENT_ID")]
     pub client_id: Option<String>,
+    /// MQTT connections of this replica, all in the shared subscription; connection 0 uses the
+    /// client id, connection i > 0 the client id with `-c{i}` appended (each has its own
+    /// persistent session and Receive Maximum). Mosquitto 2.0 reads one packet per connection
+    /// per pass of its event loop, so a consumer's PUBACKs, and with them its deliveries, get
+    /// one packet's share among all the devices' connections: with 1000 devices publishing
+    /// flat out, one connection received ~1,000 msg/s while the broker accepted ~35,000 msg/s,
+    /// and eight received ~8,000 msg/s (scripts/bench, docs/benchmarks.md).
+    #[arg(long, env = "INGEST_MQTT_CONNECTIONS", default_value_t = 4)]
+    pub mqtt_connections: usize,
     /// Topic filter; the `$share/ingest/` group spreads messages over all replicas.
     #[arg(long, env = "INGEST_SUBSCRIPTION", default_value = "$share/ingest/devices/+/telemetry")]
     pub subscription: String,
@@ -100,6 +109,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
 }
 
+/// More would mostly multiply sessions and in-flight windows on the broker.
+pub const MAX_MQTT_CONNECTIONS: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0} must be at least 1")]
@@ -108,8 +120,10 @@ pub enum ConfigError {
     NoClientId,
     #[error("INGEST_MQTT_PASSWORD is set without INGEST_MQTT_USERNAME")]
     PasswordWithoutUsername,
-    #[error("INGEST_RESTART_GUARD_CLIENT_ID must differ from the replica's own client id {0:?}")]
+    #[error("INGEST_RESTART_GUARD_CLIENT_ID must differ from the replica's own client ids ({0:?} is one)")]
     GuardIsClientId(String),
+    #[error("INGEST_MQTT_CONNECTIONS is {0}; at most {MAX_MQTT_CONNECTIONS} are allowed")]
+    TooManyConnections(usize),
     #[error("MQTT TLS (INGEST_MQTT_TLS, INGEST_MQTT_CA_FILE, ...): {0}")]
     Tls(#[from] iot_mqtt::TlsError),
 }
@@ -118,6 +132,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
             ("batch size", self.batch_size),
+            ("MQTT connections", self.mqtt_connections),
             ("max in-flight batches", self.max_inflight_batches),
             ("receive maximum", usize::from(self.receive_maximum)),
             ("max payload bytes", self.max_payload_bytes),
@@ -133,12 +148,24 @@ impl Config {
         }
         // Reads the certificate files too: a bad path fails the start, not every reconnect.
         self.mqtt_tls().client_config()?;
-        let client_id = self.resolved_client_id()?;
-        // The guard connection would take the replica's own session over, and back.
-        if client_id == self.restart_guard_client_id {
-            return Err(ConfigError::GuardIsClientId(client_id));
+        if self.mqtt_connections > MAX_MQTT_CONNECTIONS {
+            return Err(ConfigError::TooManyConnections(self.mqtt_connections));
+        }
+        // The guard connection would take a connection's own session over, and back.
+        for client_id in self.connection_client_ids()? {
+            if client_id == self.restart_guard_client_id {
+                return Err(ConfigError::GuardIsClientId(client_id));
+            }
         }
         Ok(())
+    }
+
+    /// The client id of each MQTT connection of this replica (see `mqtt_connections`).
+    pub fn connection_client_ids(&self) -> Result<Vec<String>, ConfigError> {
+        let base = self.resolved_client_id()?;
+        Ok((0..self.mqtt_connections.max(1))
+            .map(|i| if i == 0 { base.clone() } else { format!("{base}-c{i}") })
+            .collect())
     }
 
     pub fn mqtt_tls(&self) -> iot_mqtt::TlsSettings {
@@ -173,5 +200,40 @@ impl Config {
             max_readings: self.max_readings_per_message,
             ..iot_payload::Limits::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(["iot-ingest", "--client-id", "ingest-0"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn each_connection_has_its_own_client_id_and_the_first_keeps_the_replicas() {
+        let ids = config(&["--mqtt-connections", "3"]).connection_client_ids().unwrap();
+        assert_eq!(ids, ["ingest-0", "ingest-0-c1", "ingest-0-c2"]);
+        assert_eq!(config(&["--mqtt-connections", "1"]).connection_client_ids().unwrap(), ["ingest-0"]);
+    }
+
+    #[test]
+    fn a_guard_id_equal_to_any_connections_id_is_refused() {
+        let clash = config(&["--mqtt-connections", "2", "--restart-guard-client-id", "ingest-0-c1"]);
+        assert!(matches!(clash.validate(), Err(ConfigError::GuardIsClientId(id)) if id == "ingest-0-c1"));
+        let fine = config(&["--mqtt-connections", "1", "--restart-guard-client-id", "ingest-0-c1"]);
+        assert!(fine.validate().is_ok());
+    }
+
+    #[test]
+    fn connection_count_is_bounded() {
+        assert!(matches!(config(&["--mqtt-connections", "0"]).validate(), Err(ConfigError::Zero(_))));
+        assert!(matches!(config(&["--mqtt-connections", "65"]).validate(), Err(ConfigError::TooManyConnections(65))));
+        assert!(config(&["--mqtt-connections", "64"]).validate().is_ok());
     }
 }

@@ -158,7 +158,6 @@ impl Guard {
         let pipeline = Pipeline {
             storage: self.storage.clone(),
             subscription: self.config.restart_guard_topic.clone(),
-            acker: acker.clone(),
             metrics: self.metrics.clone(),
             limits: self.config.limits(),
             batch_size: self.config.batch_size,
@@ -183,7 +182,8 @@ impl Guard {
                         metrics.messages_received.inc();
                         metrics.restart_guard_messages.inc();
                         loop_acker.received();
-                        let delivery = Delivery { generation: 0, seq, publish, received_at_us: now_us() };
+                        let delivery =
+                            Delivery { acker: loop_acker.clone(), generation: 0, seq, publish, received_at_us: now_us() };
                         seq += 1;
                         if tx.send(delivery).is_err() {
                             return;

@@ -52,13 +52,20 @@ pub struct Application {
     config: Config,
     shutdown: CancellationToken,
     ops: OpsServer,
+    connections: Vec<Connection>,
+    pipeline_task: tokio::task::JoinHandle<()>,
+    hard_stop: CancellationToken,
+    started: Instant,
+}
+
+/// One MQTT connection of the replica, in the shared subscription, with its own session and
+/// acks; all of them feed the one pipeline.
+struct Connection {
+    client_id: String,
     shared: Arc<MqttShared>,
     acker: Arc<Acker>,
     client: rumqttc::v5::AsyncClient,
     eventloop_task: tokio::task::JoinHandle<()>,
-    pipeline_task: tokio::task::JoinHandle<()>,
-    hard_stop: CancellationToken,
-    started: Instant,
 }
 
 impl Application {
@@ -80,12 +87,12 @@ impl Application {
         let traced = iot_runtime::telemetry::grpc::traced_channel(channel.clone(), endpoint.uri());
         let storage = StorageServiceClient::new(traced).max_decoding_message_size(16 * 1024 * 1024);
 
-        let (client, eventloop) = rumqttc::v5::AsyncClient::new(
-            mqtt::options(&config, client_id.clone())?,
-            usize::from(config.receive_maximum) * 2 + 64,
-        );
-        let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
-        let shared = Arc::new(MqttShared::default());
+        let client_ids = config.connection_client_ids()?;
+        // The restart guard is drained after connection 0 (re)subscribes: the connections
+        // come back together after a broker restart, and one drain per event is enough (the
+        // periodic re-check covers the rest).
+        let shared: Vec<Arc<MqttShared>> = client_ids.iter().map(|_| Arc::new(MqttShared::default())).collect();
+        let resubscribed = shared.first().map(|s| s.resubscribed.clone()).unwrap_or_default();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let hard_stop = CancellationToken::new();
         let started = Instant::now();
@@ -100,7 +107,7 @@ impl Application {
                     client_id: config.restart_guard_client_id.clone(),
                     storage: storage.clone(),
                     metrics: metrics.clone(),
-                    trigger: shared.resubscribed.clone(),
+                    trigger: resubscribed,
                     stop: shutdown.clone(),
                 }
                 .run(),
@@ -109,7 +116,6 @@ impl Application {
         let pipeline = Pipeline {
             storage,
             subscription: config.subscription.clone(),
-            acker: acker.clone(),
             metrics: metrics.clone(),
             limits: config.limits(),
             batch_size: config.batch_size,
@@ -118,70 +124,77 @@ impl Application {
             storage_timeout: Duration::from_millis(config.storage_timeout_ms),
         };
         let pipeline_task = tokio::spawn(pipeline.run(rx));
-        let ack_retry = acker.clone();
+        let mut connections = Vec::with_capacity(client_ids.len());
+        for (index, (client_id, shared)) in client_ids.into_iter().zip(shared).enumerate() {
+            let (client, eventloop) = rumqttc::v5::AsyncClient::new(
+                mqtt::options(&config, client_id.clone())?,
+                usize::from(config.receive_maximum) * 2 + 64,
+            );
+            let acker = Arc::new(Acker::new(client.clone(), metrics.clone()));
+            let eventloop_task = tokio::spawn(
+                EventLoopTask {
+                    client_id: client_id.clone(),
+                    received: metrics.connection_messages_received.with_label_values(&[&index.to_string()]),
+                    eventloop,
+                    client: client.clone(),
+                    acker: acker.clone(),
+                    shared: shared.clone(),
+                    metrics: metrics.clone(),
+                    tx: tx.clone(),
+                    subscription: config.subscription.clone(),
+                    started,
+                    hard_stop: hard_stop.clone(),
+                }
+                .run(),
+            );
+            connections.push(Connection { client_id, shared, acker, client, eventloop_task });
+        }
+        // The event loops hold the senders; once they are gone the pipeline ends.
+        drop(tx);
+        let ackers: Vec<Arc<Acker>> = connections.iter().map(|c| c.acker.clone()).collect();
         let ack_retry_stop = hard_stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => ack_retry.flush(),
+                    _ = tick.tick() => ackers.iter().for_each(|acker| acker.flush()),
                     _ = ack_retry_stop.cancelled() => return,
                 }
             }
         });
-        let eventloop_task = tokio::spawn(
-            EventLoopTask {
-                eventloop,
-                client: client.clone(),
-                acker: acker.clone(),
-                shared: shared.clone(),
-                metrics,
-                tx,
-                subscription: config.subscription.clone(),
-                started,
-                hard_stop: hard_stop.clone(),
-            }
-            .run(),
-        );
         tracing::info!(
             client_id = %client_id,
             broker = %format!("{}:{}", config.mqtt_host, config.mqtt_port),
             storage = %config.storage_url,
             ops = %ops.local_addr,
+            mqtt_connections = connections.len(),
             "ingest started"
         );
-        Ok(Self {
-            ops_addr: ops.local_addr,
-            client_id,
-            config,
-            shutdown,
-            ops,
-            shared,
-            acker,
-            client,
-            eventloop_task,
-            pipeline_task,
-            hard_stop,
-            started,
-        })
+        Ok(Self { ops_addr: ops.local_addr, client_id, config, shutdown, ops, connections, pipeline_task, hard_stop, started })
     }
 
     /// Runs until `shutdown`, then drains: unsubscribe (the broker stops sending this replica
     /// new messages), keep receiving what was already queued for it, commit and acknowledge
     /// everything held, and disconnect, so that its session holds nothing.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let Self { config, shutdown, ops, shared, acker, client, mut eventloop_task, pipeline_task, hard_stop, started, .. } =
-            self;
+        let Self { config, shutdown, ops, mut connections, pipeline_task, hard_stop, started, .. } = self;
+        let any_loop_ended = async {
+            let tasks = connections.iter_mut().map(|c| Box::pin(&mut c.eventloop_task));
+            futures::future::select_all(tasks).await.0
+        };
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            result = &mut eventloop_task => {
+            result = any_loop_ended => {
                 result?;
                 anyhow::bail!("MQTT event loop ended unexpectedly");
             }
         }
-        tracing::info!(held = acker.held(), "shutting down: unsubscribing and draining");
-        shared.draining.store(true, Ordering::SeqCst);
-        if shared.connected.load(Ordering::SeqCst) {
+        let held = |connections: &[Connection]| connections.iter().map(|c| c.acker.held()).sum::<u64>();
+        tracing::info!(held = held(&connections), "shutting down: unsubscribing and draining");
+        for connection in &connections {
+            connection.shared.draining.store(true, Ordering::SeqCst);
+        }
+        if connections.iter().any(|c| c.shared.connected.load(Ordering::SeqCst)) {
             // This may be the last replica: arm the restart guard before the shared
             // subscription goes, so that nothing published meanwhile is dropped (guard.rs).
             if !config.restart_guard_client_id.is_empty() {
@@ -194,16 +207,22 @@ impl Application {
                     ),
                 }
             }
-            client.unsubscribe(config.subscription.clone()).await?;
+        }
+        for connection in connections.iter().filter(|c| c.shared.connected.load(Ordering::SeqCst)) {
+            connection.client.unsubscribe(config.subscription.clone()).await?;
         }
         let deadline = Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
         // After UNSUBACK the broker may still deliver what it had queued for this session;
         // a short quiet period catches those before disconnecting.
         let quiet = Duration::from_millis(500);
         let drained = loop {
-            let last_publish = Duration::from_millis(shared.last_publish_ms.load(Ordering::SeqCst));
-            let quiet_for = started.elapsed().saturating_sub(last_publish);
-            if shared.unsubscribed.load(Ordering::SeqCst) && acker.idle() && quiet_for >= quiet {
+            let quiet_for = |c: &Connection| {
+                started.elapsed().saturating_sub(Duration::from_millis(c.shared.last_publish_ms.load(Ordering::SeqCst)))
+            };
+            let all_done = connections.iter().all(|c| {
+                c.shared.unsubscribed.load(Ordering::SeqCst) && c.acker.idle() && quiet_for(c) >= quiet
+            });
+            if all_done {
                 break true;
             }
             if Instant::now() >= deadline {
@@ -214,24 +233,33 @@ impl Application {
         if drained {
             tracing::info!("drained: every received message is committed and acknowledged");
         } else {
-            tracing::error!(
-                held = acker.held(),
-                connected = shared.connected.load(Ordering::SeqCst),
-                "shutdown timeout: disconnecting with messages unacknowledged (the broker redelivers them)"
-            );
+            for connection in &connections {
+                tracing::error!(
+                    client_id = %connection.client_id,
+                    held = connection.acker.held(),
+                    connected = connection.shared.connected.load(Ordering::SeqCst),
+                    "shutdown timeout: disconnecting with messages unacknowledged (the broker redelivers them)"
+                );
+            }
         }
-        shared.disconnecting.store(true, Ordering::SeqCst);
-        if shared.connected.load(Ordering::SeqCst) {
-            // Acks are queued before this request on the same channel, so they go out first.
-            client.disconnect().await?;
-        } else {
+        for connection in &connections {
+            connection.shared.disconnecting.store(true, Ordering::SeqCst);
+            if connection.shared.connected.load(Ordering::SeqCst) {
+                // Acks are queued before this request on the same channel, so they go out first.
+                connection.client.disconnect().await?;
+            }
+        }
+        if connections.iter().any(|c| !c.shared.connected.load(Ordering::SeqCst)) {
+            // A disconnected loop is retrying its connection: only the hard stop ends it.
             hard_stop.cancel();
         }
-        if tokio::time::timeout(Duration::from_secs(5), &mut eventloop_task).await.is_err() {
-            hard_stop.cancel();
-            eventloop_task.abort();
+        for connection in &mut connections {
+            if tokio::time::timeout(Duration::from_secs(5), &mut connection.eventloop_task).await.is_err() {
+                hard_stop.cancel();
+                connection.eventloop_task.abort();
+            }
         }
-        // The event loop owned the sender; with it gone the pipeline finishes its last batch.
+        // The event loops owned the senders; with them gone the pipeline finishes its last batch.
         if tokio::time::timeout(Duration::from_secs(5), pipeline_task).await.is_err() {
             tracing::warn!("pipeline did not finish in time");
         }
@@ -240,16 +268,19 @@ impl Application {
     }
 }
 
-fn readiness(shared: Arc<MqttShared>, channel: Channel) -> ReadinessCheck {
+fn readiness(connections: Vec<Arc<MqttShared>>, channel: Channel) -> ReadinessCheck {
     ReadinessCheck::new(move || {
-        let shared = shared.clone();
+        let connections = connections.clone();
         let channel = channel.clone();
         async move {
-            if !shared.connected.load(Ordering::SeqCst) {
-                return Err("not connected to the MQTT broker".to_string());
+            let count = connections.len();
+            let connected = connections.iter().filter(|c| c.connected.load(Ordering::SeqCst)).count();
+            if connected < count {
+                return Err(format!("{connected} of {count} MQTT connections to the broker are up"));
             }
-            if !shared.subscribed.load(Ordering::SeqCst) {
-                return Err("not subscribed".to_string());
+            let subscribed = connections.iter().filter(|c| c.subscribed.load(Ordering::SeqCst)).count();
+            if subscribed < count {
+                return Err(format!("{subscribed} of {count} MQTT connections are subscribed"));
             }
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
             let request = tonic_health::pb::HealthCheckRequest { service: String::new() };

@@ -11,6 +11,9 @@ pub const STORAGE_REJECTED: &str = "storage_rejected";
 #[derive(Clone)]
 pub struct Metrics {
     pub messages_received: IntCounter,
+    /// By MQTT connection of the replica (`0`..`INGEST_MQTT_CONNECTIONS`-1): how the broker
+    /// spreads the shared subscription over them.
+    pub connection_messages_received: IntCounterVec,
     pub messages_acked: IntCounter,
     pub messages_rejected: IntCounterVec,
     pub senml_records_skipped: IntCounterVec,
@@ -66,6 +69,14 @@ impl Metrics {
         for reason in [SkipReason::NonNumericValue, SkipReason::SumOnly, SkipReason::NoValue] {
             senml_records_skipped.with_label_values(&[reason.label()]);
         }
+        let connection_messages_received = IntCounterVec::new(
+            Opts::new(
+                "ingest_connection_messages_received_total",
+                "MQTT PUBLISH packets received, by connection of this replica (the restart guard's not included)",
+            ),
+            &["connection"],
+        )?;
+        registry.register(Box::new(connection_messages_received.clone()))?;
         let restart_guard_checks = IntCounterVec::new(
             Opts::new(
                 "ingest_restart_guard_checks_total",
@@ -78,6 +89,7 @@ impl Metrics {
             restart_guard_checks.with_label_values(&[outcome]);
         }
         Ok(Self {
+            connection_messages_received,
             messages_received: counter("ingest_messages_received_total", "MQTT PUBLISH packets received")?,
             messages_acked: counter("ingest_messages_acked_total", "PUBACKs sent (after commit or rejection)")?,
             messages_rejected,
@@ -118,7 +130,7 @@ impl Metrics {
             )?,
             inflight_batches: gauge("ingest_inflight_batches", "WriteReadings calls in progress")?,
             storage_errors: counter("ingest_storage_errors_total", "Failed WriteReadings attempts (retried)")?,
-            mqtt_connected: gauge("ingest_mqtt_connected", "1 while connected to the broker")?,
+            mqtt_connected: gauge("ingest_mqtt_connected", "MQTT connections of this replica that are up (INGEST_MQTT_CONNECTIONS when all are)")?,
             mqtt_connections: counter("ingest_mqtt_connections_total", "Successful MQTT connections (CONNACK)")?,
             restart_guard_checks,
             restart_guard_messages: counter(

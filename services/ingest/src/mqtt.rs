@@ -22,6 +22,8 @@ use crate::{Config, acks::Acker, metrics::Metrics};
 
 /// A received message on its way through the pipeline.
 pub struct Delivery {
+    /// The acker of the connection that delivered it (only that connection may ack it).
+    pub acker: Arc<Acker>,
     pub generation: u64,
     pub seq: u64,
     pub publish: Publish,
@@ -72,6 +74,10 @@ pub fn now_us() -> i64 {
 }
 
 pub struct EventLoopTask {
+    /// This connection's client id, for the logs.
+    pub client_id: String,
+    /// This connection's share of `ingest_messages_received_total`.
+    pub received: prometheus::IntCounter,
     pub eventloop: EventLoop,
     pub client: AsyncClient,
     pub acker: Arc<Acker>,
@@ -94,10 +100,11 @@ impl EventLoopTask {
             match self.eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                     backoff = Duration::from_millis(100);
-                    self.shared.connected.store(true, Ordering::SeqCst);
-                    self.metrics.mqtt_connected.set(1);
+                    if !self.shared.connected.swap(true, Ordering::SeqCst) {
+                        self.metrics.mqtt_connected.inc();
+                    }
                     self.metrics.mqtt_connections.inc();
-                    tracing::info!(session_present = connack.session_present, "connected to the broker");
+                    tracing::info!(client_id = %self.client_id, session_present = connack.session_present, "connected to the broker");
                     // Subscribing again when the session already has the subscription is
                     // harmless, and covers a broker that lost its sessions.
                     let request = if self.shared.draining.load(Ordering::SeqCst) {
@@ -111,9 +118,11 @@ impl EventLoopTask {
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     self.metrics.messages_received.inc();
+                    self.received.inc();
                     self.shared.last_publish_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
                     self.acker.received();
-                    let delivery = Delivery { generation, seq, publish, received_at_us: now_us() };
+                    let delivery =
+                        Delivery { acker: self.acker.clone(), generation, seq, publish, received_at_us: now_us() };
                     seq += 1;
                     if self.tx.send(delivery).is_err() {
                         tracing::error!("pipeline is gone; message left unacknowledged for redelivery");
@@ -127,11 +136,11 @@ impl EventLoopTask {
                         .collect();
                     if failed.is_empty() {
                         self.shared.subscribed.store(true, Ordering::SeqCst);
-                        tracing::info!(filter = %self.subscription, "subscribed");
+                        tracing::info!(client_id = %self.client_id, filter = %self.subscription, "subscribed");
                         self.shared.resubscribed.notify_one();
                     } else {
                         self.shared.subscribed.store(false, Ordering::SeqCst);
-                        tracing::error!(filter = %self.subscription, codes = ?failed, "subscription refused by the broker");
+                        tracing::error!(client_id = %self.client_id, filter = %self.subscription, codes = ?failed, "subscription refused by the broker");
                     }
                 }
                 Ok(Event::Incoming(Packet::UnsubAck(_))) => {
@@ -141,7 +150,9 @@ impl EventLoopTask {
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                     tracing::info!("disconnected from the broker");
-                    self.metrics.mqtt_connected.set(0);
+                    if self.shared.connected.swap(false, Ordering::SeqCst) {
+                        self.metrics.mqtt_connected.dec();
+                    }
                     return;
                 }
                 Ok(_) => {}
@@ -154,15 +165,17 @@ impl EventLoopTask {
                     let was_connected = self.shared.connected.swap(false, Ordering::SeqCst);
                     self.shared.subscribed.store(false, Ordering::SeqCst);
                     self.shared.unsubscribed.store(false, Ordering::SeqCst);
-                    self.metrics.mqtt_connected.set(0);
+                    if was_connected {
+                        self.metrics.mqtt_connected.dec();
+                    }
                     if self.shared.disconnecting.load(Ordering::SeqCst) {
                         tracing::info!(error = %e, "connection closed during shutdown");
                         return;
                     }
                     if was_connected {
-                        tracing::warn!(error = %e, "connection to the broker lost; reconnecting");
+                        tracing::warn!(client_id = %self.client_id, error = %e, "connection to the broker lost; reconnecting");
                     } else {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to the broker");
+                        tracing::warn!(client_id = %self.client_id, error = %e, retry_in = ?backoff, "cannot connect to the broker");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

@@ -21,6 +21,7 @@ use crate::{
 
 /// One message inside a batch: what is needed to ack it and to account for it afterwards.
 struct Entry {
+    acker: Arc<Acker>,
     generation: u64,
     seq: u64,
     publish: rumqttc::v5::mqttbytes::v5::Publish,
@@ -47,7 +48,6 @@ pub struct Pipeline {
     pub storage: StorageClient,
     /// The subscription filter, for the spans' `messaging.destination.subscription.name`.
     pub subscription: String,
-    pub acker: Arc<Acker>,
     pub metrics: Metrics,
     pub limits: Limits,
     pub batch_size: usize,
@@ -131,7 +131,7 @@ impl Pipeline {
                     "message rejected"
                 );
                 self.metrics.reject(rejection.reason.label());
-                self.acker.done(delivery.generation, delivery.seq, delivery.publish);
+                delivery.acker.done(delivery.generation, delivery.seq, delivery.publish);
             }
             Ok(parsed) => {
                 for skipped in &parsed.skipped {
@@ -146,6 +146,7 @@ impl Pipeline {
                     value: r.value,
                 }));
                 batch.entries.push(Entry {
+                    acker: delivery.acker,
                     generation: delivery.generation,
                     seq: delivery.seq,
                     publish: delivery.publish,
@@ -195,7 +196,7 @@ impl Pipeline {
                     span.record("error.type", STORAGE_REJECTED);
                     tracing::warn!(device_id = %entry.device_id, reason = STORAGE_REJECTED, detail = %message, "message rejected");
                     self.metrics.reject(STORAGE_REJECTED);
-                    self.acker.done(entry.generation, entry.seq, entry.publish);
+                    entry.acker.done(entry.generation, entry.seq, entry.publish);
                 }
             }
         }
@@ -230,7 +231,7 @@ impl Pipeline {
                 self.metrics.lag_seconds.observe(lag_us as f64 / 1e6);
                 self.metrics.messages_written.inc();
             }
-            self.acker.done(entry.generation, entry.seq, entry.publish);
+            entry.acker.done(entry.generation, entry.seq, entry.publish);
         }
     }
 

@@ -25,6 +25,36 @@ async fn publish_stream(
 }
 
 #[tokio::test]
+async fn one_replica_consumes_over_all_its_connections_and_stores_everything_once() {
+    let devices = devices(4);
+    let stack = Stack::start(&devices).await;
+    let ingest = stack.ingest("ingest-conns").env("INGEST_MQTT_CONNECTIONS", 3).start().await;
+    // Ready means every connection is up and subscribed.
+    assert_eq!(ingest.metric("ingest_mqtt_connected").await, 3.0);
+    let mut publisher = Publisher::connect(stack.broker.port).await;
+    let mut expected = BTreeMap::new();
+    let mut i = 0;
+    publish_stream(&mut publisher, &devices, &mut expected, &mut i, 300).await;
+    publisher.flush().await;
+    stack.wait_for_rows(expected.len() as u64, Duration::from_secs(60)).await;
+    assert_eq!(stack.rows().await, expected);
+    // The broker spread the shared subscription over all three sessions of the replica.
+    let metrics = ingest.metrics().await;
+    let per_connection: Vec<f64> = (0..3)
+        .map(|c| metrics.get(&format!(r#"ingest_connection_messages_received_total{{connection="{c}"}}"#)).copied().unwrap_or(0.0))
+        .collect();
+    assert!(per_connection.iter().all(|&n| n > 0.0), "a connection received nothing: {per_connection:?}");
+    assert_eq!(per_connection.iter().sum::<f64>(), metrics["ingest_messages_received_total"]);
+    let log = ingest.log_text();
+    let subscribed: Vec<&str> = log.lines().filter(|line| line.contains(r#""message":"subscribed""#)).collect();
+    for client_id in ["ingest-conns", "ingest-conns-c1", "ingest-conns-c2"] {
+        let quoted = format!(r#""client_id":"{client_id}""#);
+        assert!(subscribed.iter().any(|line| line.contains(&quoted)), "{client_id} did not subscribe:\n{log}");
+    }
+    eventually_metric(&ingest, "ingest_inflight_messages", 0.0).await;
+}
+
+#[tokio::test]
 async fn two_replicas_share_the_load_and_a_killed_one_loses_nothing() {
     let devices = devices(4);
     let stack = Stack::start(&devices).await;
