@@ -398,7 +398,7 @@ def plot(r, path):
     ax.legend()
     m = r["machine"]
     fig.suptitle(f"scripts/bench{' --quick' if r['run'].get('quick') else ''} {r['run'].get('stamp')}: {r['run'].get('duration_s')} s ingest phases, "
-                 f"{r['run'].get('api_duration_s')} s API phases; {r['run'].get('broker_setup') or '?'} broker; {m.get('cores')} cores ({m.get('cpu')})" + (" - other work was running" if m.get("note") else ""), fontsize=10)
+                 f"{r['run'].get('api_duration_s')} s API phases; {r['run'].get('broker_setup') or '?'} broker; {m.get('cores')} cores ({m.get('cpu')})" + (" - see the run's note" if m.get("note") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
