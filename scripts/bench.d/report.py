@@ -138,6 +138,7 @@ def main():
             "published": full["published"], "acked": full["acked"], "stored": full["stored"],
             "lost": full["lost"],
             "drain_s": full["drain_s"],
+            "drain_ended": full.get("drain_ended"),
             # Once the publishers stopped: the backlog's rate with the CPU they had used freed.
             "drain_msgs_per_s": full.get("drain_msgs_per_s"),
             # Latency at half the broker's ceiling (the target's condition); full speed below.
@@ -220,7 +221,7 @@ def main():
         "run_dir": os.path.relpath(run, os.path.dirname(os.path.abspath(a.out))),
         "ingest": ingest,
         "broker_ceiling_msgs_per_s": broker,
-        "broker_ceiling": {k: ceiling.get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "committed_in_window_msgs_per_s", "last_commit_s", "duration_s", "acked", "stored", "lost")} | {"processes": procs.get("ceiling", {})} if ceiling else None,
+        "broker_ceiling": {k: ceiling.get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "committed_in_window_msgs_per_s", "last_commit_s", "duration_s", "acked", "stored", "lost", "drain_ended")} | {"processes": procs.get("ceiling", {})} if ceiling else None,
         "baseline": baseline,
         "api": api,
         "db_ceiling_qps": dbc["qps"] if dbc else None,
@@ -321,6 +322,11 @@ def render_table(r):
         # only after its publishers stop is in it, and shows here.
         lines.append(f"full speed, {fmt(r['run'].get('duration_s'))} s of publishing: " + "; ".join(
             f"{name} {fmt(rate, ' msg/s')} committed while publishing, last commit at {fmt(last, ' s', 1)}" for name, rate, last in tails))
+    cut_short = [name for name, phase in [("broker ceiling", bc)] + [(f"ingest {k}", v) for k, v in r["ingest"].items()]
+                 if phase and phase.get("drain_ended") == "timeout"]
+    if cut_short:
+        lines.append("WARNING: still receiving when the drain timeout ended the wait: " + ", ".join(cut_short)
+                     + " (their lost count includes messages still on their way; rerun with a longer drain)")
     ra = r["ratios"]
     lines.append("ratios: " + ", ".join(f"{k}={fmt(v, '', 3)}" for k, v in ra.items()))
     lines.append("targets: " + ", ".join(f"{k}={fmt(v)}" for k, v in r["targets"].items()))

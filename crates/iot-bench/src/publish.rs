@@ -337,6 +337,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut acks_settled_at: Option<Instant> = None;
     let mut stored = stored_at_end;
     let mut stored_grew_at = publish_end;
+    // Why the wait ended: a count cut short by a timeout is not a loss by itself.
+    let mut drain_ended = "complete";
     loop {
         let acked_now = acked.load(Ordering::Relaxed);
         let now = Instant::now();
@@ -348,9 +350,17 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
             }
             None => true,
             Some(settled) => {
-                stored < acked_now
-                    && now.duration_since(settled).as_secs_f64() < args.drain_timeout
-                    && now.duration_since(stored_grew_at.max(settled)).as_secs_f64() < args.drain_stall
+                if stored >= acked_now {
+                    false
+                } else if now.duration_since(settled).as_secs_f64() >= args.drain_timeout {
+                    drain_ended = "timeout";
+                    false
+                } else if now.duration_since(stored_grew_at.max(settled)).as_secs_f64() >= args.drain_stall {
+                    drain_ended = "stall";
+                    false
+                } else {
+                    true
+                }
             }
         };
         if !draining {
@@ -422,6 +432,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "lost": acked_total as i64 - stored as i64,
         "unacked": published_total.saturating_sub(acked_total),
         "drain_s": round2(drain_s),
+        // complete (everything acknowledged is stored), stall (the count stopped growing) or
+        // timeout (it was still growing: `lost` then includes what was still on its way).
+        "drain_ended": drain_ended,
         "mqtt_errors": mqtt_errors,
         "logins_refused": refused.load(Ordering::Relaxed),
         "device_logins": secret.is_some(),
