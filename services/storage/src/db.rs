@@ -249,6 +249,12 @@ pub async fn run_migrations(url: &str, timeout: Duration) -> anyhow::Result<()> 
         .await
         .context("timed out connecting to the database")?
         .context("cannot connect to the database")?;
+    // Writes send their readings through JSON_TABLE (readings.rs): refuse to start on a server
+    // without it rather than fail every write later.
+    diesel::sql_query("SELECT x FROM JSON_TABLE('[1]', '$[*]' COLUMNS (x INT PATH '$')) AS t")
+        .execute(&mut conn)
+        .await
+        .context("the database server lacks JSON_TABLE (MariaDB 10.6+ or MySQL 8.0+ is needed)")?;
     let lock: LockResult = diesel::sql_query(
         "SELECT GET_LOCK(CONCAT('iot_storage_migrations.', MD5(DATABASE())), 60) AS locked",
     )

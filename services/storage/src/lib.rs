@@ -16,6 +16,7 @@ use iot_runtime::{CancellationToken, OpsServer, ReadinessCheck, logging::LogForm
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 
+mod bounded_map;
 mod cached_sql;
 pub mod db;
 pub mod db_trace;

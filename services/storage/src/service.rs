@@ -33,6 +33,7 @@ pub struct StorageApi {
     metrics: Arc<Metrics>,
     known_metrics: Arc<readings::KnownMetrics>,
     known_devices: Arc<readings::KnownDevices>,
+    device_pks: Arc<readings::DevicePks>,
 }
 
 impl StorageApi {
@@ -43,6 +44,7 @@ impl StorageApi {
             metrics,
             known_metrics: Arc::default(),
             known_devices: Arc::default(),
+            device_pks: Arc::default(),
         }
     }
 
@@ -544,7 +546,13 @@ impl StorageService for StorageApi {
             let outcome = self
                 .db
                 .run(async |conn| {
-                    readings::write(conn, &request.readings, &self.known_metrics).await
+                    readings::write(
+                        conn,
+                        &request.readings,
+                        &self.known_metrics,
+                        &self.device_pks,
+                    )
+                    .await
                 })
                 .await?;
             self.metrics.readings_inserted.inc_by(outcome.inserted);

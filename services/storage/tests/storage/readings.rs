@@ -853,7 +853,11 @@ async fn a_device_read_before_is_read_as_it_is_now() {
     for owner_id in [alice.id, 0] {
         for metric in ["", "t"] {
             let status = read(&mut app.client, owner_id, metric).await.unwrap_err();
-            assert_eq!(status.code(), Code::NotFound, "owner {owner_id}, metric {metric:?}");
+            assert_eq!(
+                status.code(),
+                Code::NotFound,
+                "owner {owner_id}, metric {metric:?}"
+            );
         }
     }
 
@@ -894,4 +898,150 @@ async fn a_device_read_before_is_read_as_it_is_now() {
     }
     other.shutdown.cancel();
     let _ = other.task.await;
+}
+
+/// Writes look a device's key up once and then reuse it. A device deleted and created again
+/// through another replica has a new key: readings sent to this replica afterwards must land
+/// under the new device (not be skipped as duplicates of the old key), and readings of a device
+/// deleted there must be reported as from an unknown device.
+#[tokio::test]
+async fn writes_follow_a_device_deleted_or_created_again_elsewhere() {
+    let mut app = spawn_app().await;
+    let alice = app.user("alice").await;
+    let other = start(iot_storage::Config::for_tests(&app.db.url)).await;
+    let mut replica = connect(other.grpc_addr).await;
+    app.device(alice.id, "d").await;
+    app.device(alice.id, "e").await;
+    let first = app
+        .write(vec![
+            reading("d", "t", 1_000_000, 1.0),
+            reading("e", "t", 1_000_000, 1.0),
+        ])
+        .await;
+    assert_eq!((first.inserted, first.duplicates), (2, 0));
+    let delete = |id: &str| pb::DeleteDeviceRequest {
+        device_id: id.into(),
+    };
+
+    // Created again there: same public id, new key.
+    replica.delete_device(delete("d")).await.unwrap();
+    replica
+        .create_device(pb::CreateDeviceRequest {
+            device_id: "d".into(),
+            owner_id: alice.id,
+            name: "again".into(),
+            attributes_json: String::new(),
+        })
+        .await
+        .unwrap();
+    let again = app
+        .write(vec![
+            reading("d", "t", 2_000_000, 2.0),
+            reading("d", "h", 2_000_000, 3.0),
+            reading("e", "t", 2_000_000, 2.0),
+        ])
+        .await;
+    assert_eq!((again.inserted, again.duplicates), (3, 0));
+    assert!(
+        again.unknown_devices.is_empty(),
+        "{:?}",
+        again.unknown_devices
+    );
+    let d = app
+        .client
+        .query_readings(query("d", "", 0, 0, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got(&d.readings),
+        vec![(2_000_000, "h".into(), 3.0), (2_000_000, "t".into(), 2.0)]
+    );
+    // Its metrics were recorded for the new key too (a read by metric list finds both).
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM device_metrics m JOIN devices d ON d.id = m.device_pk WHERE d.device_id = 'd'").await,
+        2
+    );
+
+    // The same batch again: all duplicates, nothing unknown.
+    let repeat = app
+        .write(vec![
+            reading("d", "t", 2_000_000, 9.0),
+            reading("e", "t", 2_000_000, 9.0),
+        ])
+        .await;
+    assert_eq!((repeat.inserted, repeat.duplicates), (0, 2));
+    assert!(repeat.unknown_devices.is_empty());
+
+    // Deleted there for good: unknown here, and the other device's reading is still stored.
+    replica.delete_device(delete("d")).await.unwrap();
+    let gone = app
+        .write(vec![
+            reading("d", "t", 3_000_000, 4.0),
+            reading("e", "t", 3_000_000, 4.0),
+        ])
+        .await;
+    assert_eq!((gone.inserted, gone.duplicates), (1, 0));
+    assert_eq!(gone.unknown_devices, vec!["d".to_string()]);
+    assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 3);
+    other.shutdown.cancel();
+    let _ = other.task.await;
+}
+
+/// Readings travel to the database as one JSON argument: every finite double must come back
+/// bit for bit, including the extremes of the range and values with no short decimal form.
+#[tokio::test]
+async fn values_are_stored_exactly() {
+    let mut app = app_with_device("dev").await;
+    let mut values = vec![
+        0.1,
+        -0.3,
+        1.0 / 3.0,
+        21.5,
+        1e300,
+        -1e-300,
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        5e-324,
+        -5e-324,
+        2f64.powi(53) + 2.0,
+        123_456_789.123_456_78,
+        0.0,
+    ];
+    // Spread over the exponent range with full mantissas.
+    let mut bits: u64 = 0x9E37_79B9_7F4A_7C15;
+    while values.len() < 500 {
+        bits ^= bits << 13;
+        bits ^= bits >> 7;
+        bits ^= bits << 17;
+        let value = f64::from_bits(bits);
+        if value.is_finite() {
+            values.push(value);
+        }
+    }
+    let batch: Vec<_> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| reading("dev", "v", i as i64, v))
+        .collect();
+    assert_eq!(app.write(batch).await.inserted, values.len() as u64);
+    let back = app
+        .client
+        .query_readings(query("dev", "v", 0, 0, 1000))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored: Vec<u64> = back.readings.iter().map(|p| p.value.to_bits()).collect();
+    let sent: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(stored.len(), sent.len());
+    for (i, (s, w)) in stored.iter().zip(&sent).enumerate() {
+        assert_eq!(
+            s,
+            w,
+            "value {i}: sent {:e}, stored {:e}",
+            f64::from_bits(*w),
+            f64::from_bits(*s)
+        );
+    }
 }
