@@ -123,21 +123,22 @@ def main():
     ingest = {}
     for r in (1, 2):
         full, half = load(run, f"ingest-r{r}"), load(run, f"ingest-r{r}-half")
-        if not full:
+        if not full and not half:
             continue
+        full = full or {}  # --phases ingest-rN-half: the latency phase alone
         lat = (half or {}).get("latency") or {}
         flat = full.get("latency") or {}
         ps = procs.get(f"ingest-r{r}", {})
         ingest_rss = [v["peak_rss_mib"] for k, v in ps.items() if k.startswith("ingest-")]
         ingest[f"replicas_{r}"] = {
             # Everything stored over first publish to last commit (see docs/benchmarks.md).
-            "committed_msgs_per_s": full["committed_msgs_per_s"],
+            "committed_msgs_per_s": full.get("committed_msgs_per_s"),
             "committed_in_window_msgs_per_s": full.get("committed_in_window_msgs_per_s"),
             "last_commit_s": full.get("last_commit_s"),
-            "acked_msgs_per_s": full["acked_msgs_per_s"],
-            "published": full["published"], "acked": full["acked"], "stored": full["stored"],
-            "lost": full["lost"],
-            "drain_s": full["drain_s"],
+            "acked_msgs_per_s": full.get("acked_msgs_per_s"),
+            "published": full.get("published"), "acked": full.get("acked"), "stored": full.get("stored"),
+            "lost": full.get("lost"),
+            "drain_s": full.get("drain_s"),
             "drain_ended": full.get("drain_ended"),
             # Once the publishers stopped: the backlog's rate with the CPU they had used freed.
             "drain_msgs_per_s": full.get("drain_msgs_per_s"),
@@ -193,7 +194,7 @@ def main():
     def ratio(x, y):
         return round(x / y, 3) if x is not None and y else None
 
-    best = max((v["committed_msgs_per_s"] for v in ingest.values()), default=None)
+    best = max((v["committed_msgs_per_s"] for v in ingest.values() if v["committed_msgs_per_s"] is not None), default=None)
     ratios = {
         "ingest_vs_broker": ratio(best, broker),
         "ingest_r1_vs_broker": ratio(ingest.get("replicas_1", {}).get("committed_msgs_per_s"), broker),
@@ -283,7 +284,8 @@ def render_table(r):
         v = r["ingest"].get(key)
         if not v:
             continue
-        rows.append((label + ", full speed", fmt(v["committed_msgs_per_s"], " msg/s"), fmt(v["full_speed_p50_ms"], " ms", 1), fmt(v["full_speed_p99_ms"], " ms", 1), fmt(v["lost"]), top_cpu(v["processes_full_speed"])))
+        if v["committed_msgs_per_s"] is not None:
+            rows.append((label + ", full speed", fmt(v["committed_msgs_per_s"], " msg/s"), fmt(v["full_speed_p50_ms"], " ms", 1), fmt(v["full_speed_p99_ms"], " ms", 1), fmt(v["lost"]), top_cpu(v["processes_full_speed"])))
         if v.get("latency_rate_msgs_per_s"):
             rows.append((label + f", at {v['latency_rate_msgs_per_s']:,.0f} msg/s", fmt(v["latency_run"]["committed_msgs_per_s"], " msg/s"), fmt(v["p50_ms"], " ms", 1), fmt(v["p99_ms"], " ms", 1), fmt(v["latency_run"]["lost"]), top_cpu(v["processes_half_rate"])))
     b = r["baseline"]
@@ -354,7 +356,7 @@ def plot(r, path):
     if r["broker_ceiling_msgs_per_s"]:
         names.append("broker\nceiling"); vals.append(r["broker_ceiling_msgs_per_s"]); colors.append("#999999")
     for key, label in (("replicas_1", "ingest\n1 replica"), ("replicas_2", "ingest\n2 replicas")):
-        if key in r["ingest"]:
+        if r["ingest"].get(key, {}).get("committed_msgs_per_s") is not None:
             names.append(label); vals.append(r["ingest"][key]["committed_msgs_per_s"]); colors.append("#1f77b4")
     if r["baseline"]["ingest_committed_msgs_per_s"] is not None:
         names.append("baseline\ningest.py"); vals.append(r["baseline"]["ingest_committed_msgs_per_s"]); colors.append("#d62728")
