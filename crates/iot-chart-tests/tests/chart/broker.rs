@@ -675,3 +675,15 @@ fn the_api_session_cache_settings_reach_the_api() {
     assert_eq!(env_value(&api, "API_SESSION_CACHE_TTL").as_deref(), Some("0s"));
     assert_eq!(env_value(&api, "API_SESSION_CACHE_CAPACITY").as_deref(), Some("50"));
 }
+
+#[test]
+fn the_storage_pool_size_reaches_storage() {
+    let Some(helm) = iot_chart_tests::helm_or_skip("the_storage_pool_size_reaches_storage") else {
+        return;
+    };
+    let r = iot_chart_tests::render_with(&helm, "default", &[]).unwrap();
+    assert_eq!(env_value(&env_of(&r, "storage"), "STORAGE_DB_POOL_SIZE").as_deref(), Some("8"));
+    let bigger = ["--set", "storage.dbPoolSize=24"].map(String::from);
+    let r = iot_chart_tests::render_with(&helm, "storage-pool-24", &bigger).unwrap();
+    assert_eq!(env_value(&env_of(&r, "storage"), "STORAGE_DB_POOL_SIZE").as_deref(), Some("24"));
+}

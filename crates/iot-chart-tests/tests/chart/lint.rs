@@ -88,6 +88,7 @@ fn schema_rejects_bad_values() {
         ("ingest.resources.limits=null", "/ingest/resources"), // limits are required
         ("api.cookieSecure=sometimes", "/api/cookieSecure"),
         ("api.sessionCacheTtl=soon", "/api/sessionCacheTtl"),
+        ("storage.dbPoolSize=0", "/storage/dbPoolSize"),
         (
             "mosquitto.persistence.size=lots",
             "/mosquitto/persistence/size",
