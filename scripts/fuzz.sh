@@ -59,7 +59,10 @@ if [[ "$sanitizer" != none ]]; then
 fi
 t0=$SECONDS
 echo "==> cargo fuzz build ${build_flags[*]}" >&2
-cargo fuzz build "${build_flags[@]}"
+# Its own target directory even when CARGO_TARGET_DIR names the workspace's: the fuzz build's
+# instrumentation flags would only evict the workspace's artifacts, and the targets are run
+# from this path below.
+CARGO_TARGET_DIR=fuzz/target cargo fuzz build "${build_flags[@]}"
 build_seconds=$((SECONDS - t0))
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
