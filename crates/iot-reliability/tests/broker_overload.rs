@@ -93,16 +93,20 @@ async fn a_subscriber_that_fell_behind_still_gets_everything_left_in_its_queue()
     while acked.load(Ordering::Relaxed) < ACKED_AT_LEAST && started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Counted from the moment the publishers are told to stop, while the subscriber's queue is
+    // still full: counted once they had all disconnected, the subscriber had already drained
+    // most of it on a loaded machine (69 left with 2.0.21 in a CI run), and the check failed
+    // for a broker that works.
     stop.store(true, Ordering::Relaxed);
+    let at_stop = received.load(Ordering::Relaxed);
     for publisher in publishers {
         publisher.await.unwrap();
     }
-    let at_stop = received.load(Ordering::Relaxed);
 
-    // What the broker still held for the subscriber (a full queue plus its in-flight window when
-    // publishing stopped, less what arrived while the publishers disconnected: 3,008 to 3,204 of
-    // 3,000 + 100 with 2.0.21, 0 to 4 with 2.0.11) must now arrive; stop waiting once nothing
-    // has arrived for 3 s.
+    // What the broker held for the subscriber when publishing stopped (a full queue plus its
+    // in-flight window, 3,000 + 100) and what the publishers still sent while they disconnected
+    // must now arrive: 3,195 to 3,436 with 2.0.21; 86 to 1,372 with 2.0.11, whose queue stalls
+    // once the publishers are gone. Stop waiting once nothing has arrived for 3 s.
     let (mut last, mut last_change) = (at_stop, Instant::now());
     while last_change.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -118,7 +122,7 @@ async fn a_subscriber_that_fell_behind_still_gets_everything_left_in_its_queue()
         acked.load(Ordering::Relaxed)
     );
     assert!(
-        after_stop >= QUEUE / 2,
+        after_stop >= QUEUE * 4 / 5,
         "the broker held a full queue ({QUEUE}) for the subscriber when publishing stopped, but only {after_stop} \
          messages arrived after that: its queue stalled (Mosquitto older than 2.0.13? MOSQUITTO_BIN={:?})",
         std::env::var("MOSQUITTO_BIN").ok()
