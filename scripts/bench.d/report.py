@@ -350,7 +350,8 @@ def plot(r, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    # The API panel has the most bars; its two-line labels overlapped at equal widths.
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [4, 6, 5]})
     # Ingest throughput.
     names, vals, colors = [], [], []
     if r["broker_ceiling_msgs_per_s"]:
@@ -403,6 +404,9 @@ def plot(r, path):
     ax.set_title("Latency (ms): ingest publish->commit at half\nthe broker ceiling; API/DB per request")
     ax.set_ylabel("ms (log scale)")
     ax.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.legend()
     m = r["machine"]
     fig.suptitle(f"scripts/bench{' --quick' if r['run'].get('quick') else ''} {r['run'].get('stamp')}: {r['run'].get('duration_s')} s ingest phases, "
