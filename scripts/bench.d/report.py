@@ -138,6 +138,8 @@ def main():
             "acked_msgs_per_s": full.get("acked_msgs_per_s"),
             "published": full.get("published"), "acked": full.get("acked"), "stored": full.get("stored"),
             "lost": full.get("lost"),
+            # Of `lost` (and of the other consumers' messages): dropped by the broker for a full queue.
+            "broker_dropped": full.get("broker_dropped"),
             "drain_s": full.get("drain_s"),
             "drain_ended": full.get("drain_ended"),
             # Once the publishers stopped: the backlog's rate with the CPU they had used freed.
@@ -145,7 +147,7 @@ def main():
             # Latency at half the broker's ceiling (the target's condition); full speed below.
             "p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms"),
             "latency_rate_msgs_per_s": (half or {}).get("target_rate"),
-            "latency_run": {k: (half or {}).get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "lost")},
+            "latency_run": {k: (half or {}).get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "lost", "broker_dropped")},
             "latency_samples": lat.get("samples"),
             "histogram_at_half_rate": ingest_hist(run, f"ingest-r{r}-half", f"ingest-r{r}", r) if half else None,
             "full_speed_p50_ms": flat.get("p50_ms"), "full_speed_p99_ms": flat.get("p99_ms"),
@@ -159,6 +161,7 @@ def main():
     baseline = {
         "ingest_committed_msgs_per_s": base_ing["committed_msgs_per_s"] if base_ing else None,
         "ingest_lost": base_ing["lost"] if base_ing else None,
+        "ingest_broker_dropped": base_ing.get("broker_dropped") if base_ing else None,
         "ingest_acked": base_ing["acked"] if base_ing else None,
         "ingest_stored": base_ing["stored"] if base_ing else None,
         "ingest_drain_s": base_ing["drain_s"] if base_ing else None,
@@ -222,7 +225,7 @@ def main():
         "run_dir": os.path.relpath(run, os.path.dirname(os.path.abspath(a.out))),
         "ingest": ingest,
         "broker_ceiling_msgs_per_s": broker,
-        "broker_ceiling": {k: ceiling.get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "committed_in_window_msgs_per_s", "last_commit_s", "duration_s", "acked", "stored", "lost", "drain_ended")} | {"processes": procs.get("ceiling", {})} if ceiling else None,
+        "broker_ceiling": {k: ceiling.get(k) for k in ("acked_msgs_per_s", "committed_msgs_per_s", "committed_in_window_msgs_per_s", "last_commit_s", "duration_s", "acked", "stored", "lost", "broker_dropped", "drain_ended")} | {"processes": procs.get("ceiling", {})} if ceiling else None,
         "baseline": baseline,
         "api": api,
         "db_ceiling_qps": dbc["qps"] if dbc else None,
@@ -274,23 +277,28 @@ def broker_text(r):
     return f"{what}; {m.get('mosquitto')}"
 
 
+def lost_cell(lost, broker_dropped):
+    """The lost count, and how many of them the broker itself dropped, when it did."""
+    return fmt(lost) + (f" ({fmt(broker_dropped)} in broker)" if broker_dropped else "")
+
+
 def render_table(r):
     rows = [("what", "throughput", "p50", "p99", "lost/errors", "CPU (100% = 1 core)")]
     bc = r.get("broker_ceiling")
     if bc:
         conns = r["run"].get("consumer_connections") or 1
-        rows.append((f"broker ceiling (counting subscriber, {conns} conn.)", fmt(r["broker_ceiling_msgs_per_s"], " msg/s"), "", "", fmt(bc.get("lost")), top_cpu(bc["processes"])))
+        rows.append((f"broker ceiling (counting subscriber, {conns} conn.)", fmt(r["broker_ceiling_msgs_per_s"], " msg/s"), "", "", lost_cell(bc.get("lost"), bc.get("broker_dropped")), top_cpu(bc["processes"])))
     for key, label in (("replicas_1", "ingest, 1 replica"), ("replicas_2", "ingest, 2 replicas")):
         v = r["ingest"].get(key)
         if not v:
             continue
         if v["committed_msgs_per_s"] is not None:
-            rows.append((label + ", full speed", fmt(v["committed_msgs_per_s"], " msg/s"), fmt(v["full_speed_p50_ms"], " ms", 1), fmt(v["full_speed_p99_ms"], " ms", 1), fmt(v["lost"]), top_cpu(v["processes_full_speed"])))
+            rows.append((label + ", full speed", fmt(v["committed_msgs_per_s"], " msg/s"), fmt(v["full_speed_p50_ms"], " ms", 1), fmt(v["full_speed_p99_ms"], " ms", 1), lost_cell(v["lost"], v.get("broker_dropped")), top_cpu(v["processes_full_speed"])))
         if v.get("latency_rate_msgs_per_s"):
-            rows.append((label + f", at {v['latency_rate_msgs_per_s']:,.0f} msg/s", fmt(v["latency_run"]["committed_msgs_per_s"], " msg/s"), fmt(v["p50_ms"], " ms", 1), fmt(v["p99_ms"], " ms", 1), fmt(v["latency_run"]["lost"]), top_cpu(v["processes_half_rate"])))
+            rows.append((label + f", at {v['latency_rate_msgs_per_s']:,.0f} msg/s", fmt(v["latency_run"]["committed_msgs_per_s"], " msg/s"), fmt(v["p50_ms"], " ms", 1), fmt(v["p99_ms"], " ms", 1), lost_cell(v["latency_run"]["lost"], v["latency_run"].get("broker_dropped")), top_cpu(v["processes_half_rate"])))
     b = r["baseline"]
     if b["ingest_committed_msgs_per_s"] is not None:
-        rows.append(("baseline ingest.py, full speed", fmt(b["ingest_committed_msgs_per_s"], " msg/s"), fmt(b["ingest_p50_ms"], " ms", 1), fmt(b["ingest_p99_ms"], " ms", 1), fmt(b["ingest_lost"]), top_cpu(b["ingest_processes"])))
+        rows.append(("baseline ingest.py, full speed", fmt(b["ingest_committed_msgs_per_s"], " msg/s"), fmt(b["ingest_p50_ms"], " ms", 1), fmt(b["ingest_p99_ms"], " ms", 1), lost_cell(b["ingest_lost"], b.get("ingest_broker_dropped")), top_cpu(b["ingest_processes"])))
     api = r["api"]
     if api.get("rps") is not None:
         rows.append(("api range (~120 rows)", fmt(api["rps"], " req/s"), fmt(api["p50_ms"], " ms", 2), fmt(api["p99_ms"], " ms", 2), fmt(api["errors"]), top_cpu(api.get("processes"))))
@@ -329,6 +337,11 @@ def render_table(r):
     if cut_short:
         lines.append("WARNING: still receiving when the drain timeout ended the wait: " + ", ".join(cut_short)
                      + " (their lost count includes messages still on their way; rerun with a longer drain)")
+    dropped_in = [name for name, dropped in [("broker ceiling", (bc or {}).get("broker_dropped")), ("baseline", b.get("ingest_broker_dropped"))]
+                  + [(f"ingest {k}", v.get("broker_dropped")) for k, v in r["ingest"].items()] if dropped]
+    if dropped_in:
+        lines.append("in broker: messages the broker acknowledged and then dropped because a consumer connection's queue was full "
+                     "(max_queued_messages, deploy/mosquitto/mosquitto.conf), in: " + ", ".join(dropped_in))
     ra = r["ratios"]
     lines.append("ratios: " + ", ".join(f"{k}={fmt(v, '', 3)}" for k, v in ra.items()))
     lines.append("targets: " + ", ".join(f"{k}={fmt(v)}" for k, v in r["targets"].items()))

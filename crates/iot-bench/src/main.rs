@@ -3,6 +3,7 @@
 //! load, and device registration through storage's gRPC API (and on the secured broker). Every command prints one JSON
 //! object on stdout; progress goes to stderr.
 
+mod broker_dropped;
 mod dbquery;
 mod provision;
 mod publish;

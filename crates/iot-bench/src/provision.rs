@@ -8,7 +8,7 @@
 //!   load generator can compute it without a credentials file;
 //! - one account for the measuring subscribers (the counting subscriber and the reference
 //!   baseline's ingest): role `bench-subscriber`, subscribe `devices/+/telemetry` (also as the
-//!   shared group `$share/bench-count/`).
+//!   shared group `$share/bench-count/`), and `$SYS/broker/publish/messages/dropped`.
 //!
 //! Many commands go into one control message (the plugin takes a `commands` array and answers
 //! them in order in one response message); every answer is checked.
@@ -116,6 +116,12 @@ fn subscriber_commands(username: &str, password: &str) -> Vec<Command> {
             tolerated: &["ACL with this topic already exists"],
         },
         Command { body: acl("publishClientReceive", "devices/+/telemetry"), tolerated: &["ACL with this topic already exists"] },
+        // iot-bench broker-dropped: the broker's own count of what it dropped.
+        Command { body: acl("subscribeLiteral", crate::broker_dropped::TOPIC), tolerated: &["ACL with this topic already exists"] },
+        Command {
+            body: acl("publishClientReceive", crate::broker_dropped::TOPIC),
+            tolerated: &["ACL with this topic already exists"],
+        },
         Command { body: json!({"command": "deleteClient", "username": username}), tolerated: &["Client not found"] },
         Command {
             body: json!({"command": "createClient", "username": username, "password": password,

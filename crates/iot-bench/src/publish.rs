@@ -93,6 +93,15 @@ pub struct Args {
     /// connection per device (a device's account may publish only to its own topic).
     #[arg(long, env = "BENCH_DEVICE_PASSWORD_SECRET", hide_env_values = true)]
     password_secret: Option<String>,
+    /// Also report how many messages the broker itself dropped during the run because a
+    /// client's queue was full (its `$SYS` count; crate::broker_dropped), read with the
+    /// measuring subscribers' account on a secured broker.
+    #[arg(long)]
+    broker_dropped: bool,
+    #[arg(long, env = "BENCH_SUBSCRIBER_USERNAME")]
+    subscriber_username: Option<String>,
+    #[arg(long, env = "BENCH_SUBSCRIBER_PASSWORD", hide_env_values = true)]
+    subscriber_password: Option<String>,
 }
 
 pub fn metric_names(n: usize) -> Vec<String> {
@@ -146,6 +155,20 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         pool.get_conn().await?.query_drop("TRUNCATE TABLE readings").await?;
     }
     let before = counter.messages().await?;
+    let broker = args.broker_dropped.then(|| crate::broker_dropped::Broker {
+        host: args.host.clone(),
+        port: args.port,
+        login: args
+            .subscriber_username
+            .clone()
+            .filter(|u| !u.is_empty())
+            .map(|u| (u, args.subscriber_password.clone().unwrap_or_default())),
+    });
+    // The previous phase's drops were republished long ago (its drain outlasts the settle time).
+    let dropped_before = match &broker {
+        Some(broker) => Some(crate::broker_dropped::read(broker.clone(), Duration::ZERO).await?),
+        None => None,
+    };
 
     // Probe devices, spread over the id range.
     let probe = match &pool {
@@ -339,6 +362,8 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let mut stored_grew_at = publish_end;
     // Why the wait ended: a count cut short by a timeout is not a loss by itself.
     let mut drain_ended = "complete";
+    // Read once the broker has acknowledged everything: no message can be dropped after that.
+    let mut dropped_after = None;
     loop {
         let acked_now = acked.load(Ordering::Relaxed);
         let now = Instant::now();
@@ -346,6 +371,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         let draining = match acks_settled_at {
             None if !awaiting_acks => {
                 acks_settled_at = Some(now);
+                dropped_after = broker
+                    .clone()
+                    .map(|broker| tokio::spawn(crate::broker_dropped::read(broker, crate::broker_dropped::SETTLE)));
                 stored < acked_now
             }
             None => true,
@@ -377,6 +405,10 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     }
     let acked_total = acked.load(Ordering::Relaxed);
     let drain_s = publish_end.elapsed().as_secs_f64();
+    let broker_dropped = match (dropped_before, dropped_after) {
+        (Some(before), Some(after)) => Some(after.await.context("the $SYS reader panicked")??.saturating_sub(before)),
+        _ => None,
+    };
     // Overstated by at most one poll interval plus the previous count query.
     let last_commit_s = stored_grew_at.duration_since(started).as_secs_f64();
     stop_observer.cancel();
@@ -430,6 +462,9 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "last_commit_s": round2(last_commit_s),
         "stored": stored,
         "lost": acked_total as i64 - stored as i64,
+        // Of all messages, these the broker acknowledged and then dropped for a full client queue
+        // (max_queued_messages/bytes): part of `lost` when the consumer was ours.
+        "broker_dropped": broker_dropped,
         "unacked": published_total.saturating_sub(acked_total),
         "drain_s": round2(drain_s),
         // complete (everything acknowledged is stored), stall (the count stopped growing) or
