@@ -62,6 +62,7 @@ OVERRIDES = {
     "*.pdb.minAvailable": INT_OR_PERCENT,
     "*.pdb.maxUnavailable": INT_OR_PERCENT,
     "storage.dbPoolSize": {"type": "integer", "minimum": 1},
+    "storage.maxConcurrentWrites": {"type": "integer", "minimum": 1},
     "storage.migrations.args": {"type": "array", "items": {"type": "string"}},
     "storage.migrations.backoffLimit": {"type": "integer", "minimum": 0},
     "storage.migrations.activeDeadlineSeconds": {"type": "integer", "minimum": 1},

@@ -136,7 +136,8 @@ struct Probe {
     keys: HashMap<usize, u64>,
     /// (ts_ms, db key) published and not yet seen.
     pending: Mutex<BTreeSet<(i64, u64)>>,
-    latencies: Mutex<Vec<f64>>,
+    /// (publish ts_ms, ms until first seen committed).
+    latencies: Mutex<Vec<(i64, f64)>>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
@@ -433,14 +434,27 @@ pub async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
 
     let latency = match &probe {
         Some(probe) => {
-            let mut l = probe.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+            let timed = probe.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+            let mut l: Vec<f64> = timed.iter().map(|(_, latency)| *latency).collect();
             sort(&mut l);
+            // When in the phase the slow ones were published: a tail from one stall (a broker
+            // snapshot, a database flush) shows as one bad second, a saturated path as many.
+            let first_ts = timed.iter().map(|(ts, _)| *ts).min().unwrap_or(0);
+            let mut max_by_second: Vec<f64> = Vec::new();
+            for (ts, latency) in &timed {
+                let second = usize::try_from((ts - first_ts) / 1000).unwrap_or(0);
+                if max_by_second.len() <= second {
+                    max_by_second.resize(second + 1, 0.0);
+                }
+                max_by_second[second] = max_by_second[second].max(*latency);
+            }
             let unseen = probe.pending.lock().map(|p| p.len()).unwrap_or(0);
             json!({
                 "method": "probe devices' rows polled in MariaDB; ms from payload ts to the SELECT that first returned the row",
                 "samples": l.len(), "unseen": unseen,
                 "p50_ms": opt2(percentile(&l, 50.0)), "p90_ms": opt2(percentile(&l, 90.0)),
                 "p99_ms": opt2(percentile(&l, 99.0)), "max_ms": opt2(l.last().copied()),
+                "max_ms_by_second_published": max_by_second.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
             })
         }
         None => serde_json::Value::Null,
@@ -525,7 +539,7 @@ async fn observe(
             if let (Ok(mut pending), Ok(mut latencies)) = (probe.pending.lock(), probe.latencies.lock()) {
                 for (key, ts) in rows {
                     if pending.remove(&(ts, key)) {
-                        latencies.push(seen_at - ts as f64);
+                        latencies.push((ts, seen_at - ts as f64));
                     }
                 }
             }

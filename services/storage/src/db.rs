@@ -55,6 +55,11 @@ impl Db {
         &self.pool
     }
 
+    /// Bound on the database work of one request.
+    pub fn query_timeout(&self) -> Duration {
+        self.query_timeout
+    }
+
     pub async fn conn(&self) -> Result<DbConn> {
         Ok(self.pool.get().await?)
     }

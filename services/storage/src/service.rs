@@ -34,10 +34,17 @@ pub struct StorageApi {
     known_metrics: Arc<readings::KnownMetrics>,
     known_devices: Arc<readings::KnownDevices>,
     device_pks: Arc<readings::DevicePks>,
+    /// Turns of WriteReadings at the database (Config::max_concurrent_writes).
+    write_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl StorageApi {
-    pub fn new(db: Db, passwords: Arc<Passwords>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        db: Db,
+        passwords: Arc<Passwords>,
+        metrics: Arc<Metrics>,
+        max_concurrent_writes: usize,
+    ) -> Self {
         Self {
             db,
             passwords,
@@ -45,6 +52,21 @@ impl StorageApi {
             known_metrics: Arc::default(),
             known_devices: Arc::default(),
             device_pks: Arc::default(),
+            write_turns: Arc::new(tokio::sync::Semaphore::new(max_concurrent_writes)),
+        }
+    }
+
+    /// Waits for a turn to write readings, at most as long as the write itself may take.
+    async fn write_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        match tokio::time::timeout(self.db.query_timeout(), self.write_turns.acquire()).await {
+            Ok(Ok(turn)) => Ok(turn),
+            Ok(Err(closed)) => Err(StorageError::Unexpected(anyhow::anyhow!(
+                "write turns: {closed}"
+            ))),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "no turn to write readings within {:?}: earlier writes are still running",
+                self.db.query_timeout()
+            ))),
         }
     }
 
@@ -543,6 +565,7 @@ impl StorageService for StorageApi {
         let request = request.into_inner();
         self.observe("WriteReadings", async {
             readings::validate_batch(&request.readings)?;
+            let _turn = self.write_turn().await?;
             let outcome = self
                 .db
                 .run(async |conn| {

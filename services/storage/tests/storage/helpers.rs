@@ -61,8 +61,15 @@ pub async fn connect(addr: SocketAddr) -> Client {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `spawn_app` with the test configuration changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let db = TestDatabase::create().await;
-    let running = start(Config::for_tests(&db.url)).await;
+    let mut config = Config::for_tests(&db.url);
+    configure(&mut config);
+    let running = start(config).await;
     TestApp {
         client: connect(running.grpc_addr).await,
         grpc_addr: running.grpc_addr,

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use iot_proto::storage::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{TestApp, code, connect, query, reading, spawn_app, start};
+use crate::helpers::{TestApp, code, connect, query, reading, spawn_app, spawn_app_with, start};
 
 async fn app_with_device(device_id: &str) -> TestApp {
     let mut app = spawn_app().await;
@@ -1043,5 +1043,64 @@ async fn values_are_stored_exactly() {
             f64::from_bits(*w),
             f64::from_bits(*s)
         );
+    }
+}
+
+/// A write for a device whose row another transaction holds waits inside MariaDB (its
+/// foreign-key check) and keeps its turn meanwhile. With one turn, a write for another device
+/// waits behind it; with two, it goes through at once. Afterwards both are stored.
+#[tokio::test]
+async fn writes_beyond_max_concurrent_writes_wait_for_a_turn() {
+    use mysql_async::prelude::Queryable as _;
+    use std::time::Duration;
+
+    for (turns, second_waits) in [(1, true), (2, false)] {
+        let mut app = spawn_app_with(|config| config.max_concurrent_writes = turns).await;
+        let owner = app.user("owner").await;
+        app.device(owner.id, "locked").await;
+        app.device(owner.id, "free").await;
+        let mut lock = app.db.connect().await;
+        lock.query_drop("START TRANSACTION").await.unwrap();
+        lock.query_drop("SELECT id FROM devices WHERE device_id = 'locked' FOR UPDATE")
+            .await
+            .unwrap();
+
+        let mut client = app.client.clone();
+        let held = tokio::spawn(async move {
+            client
+                .write_readings(pb::WriteReadingsRequest {
+                    readings: vec![reading("locked", "temperature", 1_000_000, 1.0)],
+                })
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !held.is_finished(),
+            "the write for the locked device did not wait for the lock: the test tests nothing"
+        );
+        let free = vec![reading("free", "temperature", 1_000_000, 2.0)];
+        let mut client = app.client.clone();
+        let second = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.write_readings(pb::WriteReadingsRequest {
+                readings: free.clone(),
+            }),
+        )
+        .await;
+        assert_eq!(
+            second.is_err(),
+            second_waits,
+            "with {turns} turn(s), a second write {} while the first held its turn",
+            if second_waits { "went through" } else { "waited" }
+        );
+
+        lock.query_drop("COMMIT").await.unwrap();
+        let first = held.await.unwrap().unwrap().into_inner();
+        assert_eq!(first.inserted, 1);
+        // The cut-short call may or may not have been carried out; written again, it is
+        // stored exactly once either way.
+        let again = app.write(free).await;
+        assert_eq!(again.inserted + again.duplicates, 1);
+        assert_eq!(app.count("SELECT COUNT(*) FROM readings").await, 2);
     }
 }
