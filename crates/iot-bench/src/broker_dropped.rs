@@ -41,7 +41,7 @@ pub async fn read(broker: Broker, settle: Duration) -> anyhow::Result<u64> {
         };
         match event {
             Event::Incoming(Packet::SubAck(ack)) => ensure!(
-                ack.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                crate::subscribe::all_granted(&ack),
                 "the broker refused the subscription to {TOPIC}"
             ),
             Event::Incoming(Packet::Publish(publish)) => {

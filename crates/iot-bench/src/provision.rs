@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
@@ -187,7 +187,7 @@ impl Control {
                 .with_context(|| format!("provisioning login as {} at {}:{}", args.admin_username, args.mqtt_host, args.mqtt_port))?;
             if let Event::Incoming(Packet::SubAck(ack)) = event {
                 ensure!(
-                    ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+                    crate::subscribe::all_granted(&ack),
                     "the broker refused {} the subscription to {RESPONSE_TOPIC}",
                     args.admin_username
                 );

@@ -38,6 +38,12 @@ pub struct Args {
     connections: usize,
 }
 
+/// Whether the broker granted every filter of a SUBSCRIBE (a refusal is otherwise silent: the
+/// client just receives nothing).
+pub fn all_granted(ack: &rumqttc::SubAck) -> bool {
+    ack.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+}
+
 async fn write_count(path: &PathBuf, count: u64) {
     let tmp = path.with_extension("tmp");
     if tokio::fs::write(&tmp, count.to_string()).await.is_ok() {
@@ -99,7 +105,7 @@ async fn consume(
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 // A denied subscription would otherwise count nothing, silently.
                 anyhow::ensure!(
-                    ack.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                    all_granted(&ack),
                     "the broker refused the subscription to {topic}"
                 );
                 eprintln!("count-sub: subscribed to {topic}");

@@ -56,8 +56,8 @@ pub struct Config {
     /// How many WriteReadings calls run against the database at once; the others wait for a
     /// turn (within STORAGE_DB_QUERY_TIMEOUT). Concurrent batch inserts into the one readings
     /// table contend inside the database: with a 2-core MariaDB and two ingest replicas at
-    /// 39,500 msg/s, the publish-to-commit p99 was 242 to 1,066 ms with 8 writes at once, 72 ms
-    /// with 4 and 20 ms with 2 (docs/benchmarks.md). Reads are not limited by this.
+    /// 39,500 msg/s, the publish-to-commit p99 was 242 to 1,066 ms with up to 8 writes at once
+    /// and 39 to 62 ms with this bound at 2 (docs/benchmarks.md). Reads are not limited by this.
     #[arg(long, env = "STORAGE_MAX_CONCURRENT_WRITES", default_value_t = 2)]
     pub max_concurrent_writes: usize,
     /// Bound on connecting to the database and on waiting for a pooled connection, in seconds.
