@@ -415,13 +415,17 @@ def plot(r, path):
     ax.bar_label(b2, labels=[f"{v:.1f}" for v in p99], fontsize=8)
     ax.set_xticks(x, names)
     ax.set_title("Latency (ms): ingest publish->commit at half\nthe broker ceiling; API/DB per request")
-    ax.set_ylabel("ms (log scale)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    # Minor ticks labelled at 2 and 5 of each decade only: all eight crowd over a wide range.
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
-    ax.legend()
+    if names:
+        ax.set_ylabel("ms (log scale)")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        # Minor ticks labelled at 2 and 5 of each decade only: all eight crowd over a wide range.
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.legend()
+    else:
+        # --phases without a latency phase or the API: an empty log axis cannot be drawn.
+        ax.text(0.5, 0.5, "no latency measured in this run", ha="center", va="center", transform=ax.transAxes)
     m = r["machine"]
     fig.suptitle(f"scripts/bench{' --quick' if r['run'].get('quick') else ''} {r['run'].get('stamp')}: {r['run'].get('duration_s')} s ingest phases, "
                  f"{r['run'].get('api_duration_s')} s API phases; {r['run'].get('broker_setup') or '?'} broker; {m.get('cores')} cores ({m.get('cpu')})" + (" - see the run's note" if m.get("note") else ""), fontsize=10)
